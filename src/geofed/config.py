@@ -1,0 +1,283 @@
+"""Typed, validated, immutable settings, loaded once from one YAML file.
+
+A configuration is validated completely at load time; any problem is reported as a
+:class:`~geofed.errors.ConfigError` whose message names the key (``endpoints[1].prefixes[0].federated``)
+and says what is wrong. ``${NAME}`` (or ``${NAME:-default}``) in any string is replaced by the
+environment variable, so secrets stay out of the file. The settings objects are frozen: a reload
+builds a new object and swaps it whole.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from geofed.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as ``"300ms"``, ``"3s"``, ``"5m"``, ``"1h"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 3s, 500ms or 5m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 3s, 500ms or 5m, got {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Location(_Frozen):
+    """A point on Earth, in degrees."""
+
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+
+
+class PrefixMapping(_Frozen):
+    """``federated`` (a path in geofed's namespace) is served from ``endpoint`` (a path on the endpoint)."""
+
+    federated: str
+    endpoint: str = "/"
+
+    @field_validator("federated", "endpoint")
+    @classmethod
+    def _absolute_clean(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must be an absolute path starting with /")
+        parts = [p for p in value.split("/") if p]
+        if any(p in (".", "..") for p in parts) or "\x00" in value:
+            raise ValueError("must not contain '.', '..' or NUL")
+        return "/" + "/".join(parts)
+
+
+class EndpointSettings(_Frozen):
+    """One storage endpoint: where it is, what it may be used for, and how to talk to it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    kind: Literal["local", "webdav"]
+    url: str
+    prefixes: tuple[PrefixMapping, ...] = (PrefixMapping(federated="/", endpoint="/"),)
+    readable: bool = True
+    listable: bool = True
+    writable: bool = False
+    location: Location | None = None
+    timeout: Duration = 10.0
+    max_concurrency: int = Field(default=64, ge=1, le=10000)
+    url_lifetime: Duration | None = None
+
+    @field_validator("prefixes")
+    @classmethod
+    def _at_least_one(cls, value: tuple[PrefixMapping, ...]) -> tuple[PrefixMapping, ...]:
+        if not value:
+            raise ValueError("at least one prefix mapping is needed")
+        return value
+
+    @model_validator(mode="after")
+    def _url_fits_kind(self) -> EndpointSettings:
+        parts = urlsplit(self.url)
+        if self.kind == "local":
+            if parts.scheme != "file" or not parts.path.startswith("/"):
+                raise ValueError("a local endpoint's url must be file:///absolute/directory")
+        elif parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"a {self.kind} endpoint's url must be http:// or https:// with a host")
+        return self
+
+    @property
+    def host(self) -> str | None:
+        """The host name of the endpoint's URL (None for local endpoints)."""
+        return urlsplit(self.url).hostname
+
+
+class ClientNetwork(_Frozen):
+    """Clients from ``cidr`` are placed at ``location``, or sent to ``endpoint`` first when healthy."""
+
+    cidr: str
+    location: Location | None = None
+    endpoint: str | None = None
+
+    @field_validator("cidr")
+    @classmethod
+    def _valid_cidr(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_network(value, strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not a network in CIDR notation: {value!r}") from exc
+
+    @model_validator(mode="after")
+    def _one_target(self) -> ClientNetwork:
+        if (self.location is None) == (self.endpoint is None):
+            raise ValueError("give exactly one of 'location' or 'endpoint'")
+        return self
+
+
+class ServerSettings(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    public_url: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    max_propfind_body: int = Field(default=65536, ge=1024)
+    max_unread_put_body: int = Field(default=1 << 20, ge=0)
+    access_log: bool = True
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an address or network: {item!r}") from exc
+        return value
+
+
+class SigningSettings(_Frozen):
+    """The HMAC secret that signs URLs of geofed's own data route (local endpoints)."""
+
+    secret: str = Field(min_length=16)
+    url_lifetime: Duration = 600.0
+
+
+class GeoIPSettings(_Frozen):
+    database: Path | None = None
+
+
+class FederationSettings(_Frozen):
+    locate_timeout: Duration = 3.0
+    fuzz_km: float = Field(default=50.0, ge=0)
+    max_alternatives: int = Field(default=4, ge=0, le=16)
+    retry_after: int = Field(default=5, ge=1)
+
+
+class CacheSettings(_Frozen):
+    max_entries: int = Field(default=100_000, ge=1)
+    ttl: Duration = 300.0
+    negative_ttl: Duration = 10.0
+    max_listing_entries: int = Field(default=10_000, ge=0)
+
+
+class HealthSettings(_Frozen):
+    interval: Duration = 10.0
+    timeout: Duration = 3.0
+    failures_to_down: int = Field(default=1, ge=1)
+
+
+class Settings(_Frozen):
+    """The whole configuration of one geofed process."""
+
+    server: ServerSettings = ServerSettings()
+    signing: SigningSettings
+    geoip: GeoIPSettings = GeoIPSettings()
+    federation: FederationSettings = FederationSettings()
+    cache: CacheSettings = CacheSettings()
+    health: HealthSettings = HealthSettings()
+    client_networks: tuple[ClientNetwork, ...] = ()
+    endpoints: tuple[EndpointSettings, ...]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        names = [e.name for e in self.endpoints]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"endpoint names must be unique; repeated: {', '.join(duplicates)}")
+        for net in self.client_networks:
+            if net.endpoint is not None and net.endpoint not in names:
+                raise ValueError(f"client network {net.cidr} names unknown endpoint {net.endpoint!r}")
+        return self
+
+    def endpoint(self, name: str) -> EndpointSettings:
+        for settings in self.endpoints:
+            if settings.name == name:
+                return settings
+        raise KeyError(name)
+
+
+def substitute_env(value: Any, environ: Mapping[str, str], where: str = "") -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where or 'value'}: environment variable {name} is not set")
+
+        return _ENV_REF.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: substitute_env(v, environ, _join(where, str(k))) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_env(v, environ, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _location_of(error: Mapping[str, Any]) -> str:
+    out = ""
+    for part in error["loc"]:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def settings_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate a parsed configuration tree; raise ConfigError naming every bad key."""
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a YAML mapping at the top level")
+    data = substitute_env(data, os.environ if environ is None else environ)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            message = str(error["msg"]).removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown key (misspelt?)"
+            lines.append(f"{_location_of(error)}: {message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def load_settings(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Settings:
+    """Read, substitute and validate one YAML configuration file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return settings_from_mapping(data, environ)
