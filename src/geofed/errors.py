@@ -99,6 +99,10 @@ class UnsupportedMediaType(HTTPError):
     status = 415
 
 
+class ExpectationFailed(HTTPError):
+    status = 417
+
+
 class RangeNotSatisfiable(HTTPError):
     status = 416
 

@@ -1,0 +1,133 @@
+"""The ``geofed`` command: serve, check-config, locate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from aiohttp import web
+
+from geofed import __version__
+from geofed.config import Settings, load_settings
+from geofed.errors import ConfigError, HTTPError
+from geofed.federation.locator import Want
+from geofed.federation.paths import normalise
+from geofed.geo import ClientPlacement
+from geofed.runtime import Federation
+
+
+def _load(config: str) -> Settings:
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        click.echo(f"geofed: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="geofed")
+def main() -> None:
+    """geofed: one WebDAV namespace over many storage endpoints, each client sent to its closest replica."""
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML configuration file.")
+@click.option("--host", help="Address to listen on (overrides the configuration).")
+@click.option("--port", type=int, help="Port to listen on (overrides the configuration).")
+@click.option("--demo-dir", default="var/demo", show_default=True, help="Where the demo sites live.")
+def serve(config: str | None, host: str | None, port: int | None, demo_dir: str) -> None:
+    """Run the federation (the embedded demo of three local sites when no --config is given)."""
+    from geofed.app import build_app
+    from geofed.demo import demo_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config is None:
+        settings = demo_settings(Path(demo_dir), host or "127.0.0.1", port or 8080)
+        click.echo(f"geofed: no --config given; serving the demo sites in {Path(demo_dir).resolve()}")
+    else:
+        settings = _load(config)
+    server = settings.server
+    host, port = host or server.host, port if port is not None else server.port
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    url = server.public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    click.echo(f"geofed {__version__}: open {url}  (status: {url.rstrip('/')}/_geofed/status)")
+    web.run_app(build_app(settings), host=host, port=port, access_log=None, print=None)
+
+
+@main.command("check-config")
+@click.argument("config", type=click.Path(dir_okay=False))
+def check_config(config: str) -> None:
+    """Validate a configuration file; exit non-zero with the reason when it is invalid."""
+    settings = _load(config)
+    click.echo(f"{config}: valid ({len(settings.endpoints)} endpoints)")
+
+
+@main.command()
+@click.argument("path")
+@click.option("--config", "config", required=True, type=click.Path(dir_okay=False))
+@click.option("--client-ip", default=None, help="Rank replicas for a client at this address.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def locate(path: str, config: str, client_ip: str | None, as_json: bool) -> None:
+    """Show where PATH is and how a client would be ranked over its replicas, with reasons."""
+    settings = _load(config)
+    try:
+        document = asyncio.run(_locate(settings, normalise(path), client_ip))
+    except HTTPError as exc:
+        click.echo(f"geofed: {exc.detail}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+        return
+    client = document["client"]
+    click.echo(f"path:   {document['path']}")
+    click.echo(f"client: {client['address'] or '-'} placed by {client['source']}")
+    for i, row in enumerate(document["ranked"], start=1):
+        distance = "" if row["distance_km"] is None else f"{row['distance_km']:>8.0f} km"
+        click.echo(f"  {i}. {row['endpoint']:<16}{distance:>12}  {row['reason']}")
+    for row in document["rejected"]:
+        click.echo(f"  x  {row['endpoint']:<16}{'':>12}  {row['reason']}")
+    for row in document["unknown"]:
+        click.echo(f"  ?  {row['endpoint']:<16}{'':>12}  {row['reason']}")
+    if not document["ranked"]:
+        sys.exit(1)
+
+
+async def _locate(settings: Settings, path: str, client_ip: str | None) -> dict[str, Any]:
+    federation = Federation(settings)
+    try:
+        await asyncio.gather(*(federation.health.check(name) for name in federation.endpoints))
+        placement: ClientPlacement = federation.clients.place(client_ip)
+        result = await federation.locator.locate(path, Want.ALL, placement)
+        ranking = federation.rank(placement, result)
+        return {
+            "path": path,
+            "client": {
+                "address": client_ip,
+                "source": placement.source,
+                "location": None
+                if placement.location is None
+                else {"lat": placement.location.lat, "lon": placement.location.lon},
+            },
+            "ranked": [
+                {"endpoint": r.endpoint, "path": r.path, "distance_km": r.distance_km, "reason": r.reason}
+                for r in ranking.accepted
+            ],
+            "rejected": [
+                {"endpoint": r.endpoint, "path": r.path, "reason": r.reason} for r in ranking.rejected
+            ],
+            "unknown": [{"endpoint": name, "reason": why} for name, why in result.unknown],
+            "collection": result.is_dir,
+            "locate_ms": round(result.elapsed * 1000, 1),
+        }
+    finally:
+        await federation.stop()

@@ -1,0 +1,1 @@
+"""Federation logic: namespace translation, locating replicas, selecting one, caching what was learnt."""

@@ -1,0 +1,269 @@
+"""Finding replicas: ask every usable endpoint in parallel, within one global deadline.
+
+One fan-out per path is shared by every request that arrives while it runs. Each waiter decides
+for itself when it has heard enough:
+
+* ``FIRST`` (stat, HEAD, PROPFIND): the first positive answer;
+* ``CLOSEST`` (a redirect): once every endpoint that could still be closer to this client than the
+  best replica found so far (within the fuzz radius) has answered, so a client near a fast endpoint
+  never waits for a far one;
+* ``ALL`` (DELETE, ``geofed locate``): every endpoint, or the deadline.
+
+The fan-out itself always runs to completion (or the deadline) in the background and caches the
+complete answer. An endpoint that did not answer in time is reported as *unknown*, never as "not
+found", so callers can answer 503 instead of a false 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from geofed.config import CacheSettings, Location
+from geofed.endpoints.base import Endpoint, Entry, StatResult
+from geofed.errors import EndpointError, PathNotFound
+from geofed.federation.cache import TTLCache
+from geofed.federation.namespace import Namespace, Target
+from geofed.federation.paths import parent
+from geofed.geo import ClientPlacement, great_circle_km
+from geofed.health import HealthMonitor
+
+log = logging.getLogger("geofed.locator")
+
+
+class Want(enum.Enum):
+    FIRST = "first"
+    CLOSEST = "closest"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    endpoint: str
+    path: str
+    stat: StatResult
+
+
+@dataclass(frozen=True, slots=True)
+class LocateResult:
+    """What is known of a federated path: where it is, and which endpoints could not say."""
+
+    path: str
+    replicas: tuple[Replica, ...]
+    unknown: tuple[tuple[str, str], ...]
+    complete: bool
+    elapsed: float
+    cached: bool = False
+
+    @property
+    def is_dir(self) -> bool:
+        return any(r.stat.is_dir for r in self.replicas)
+
+    @property
+    def files(self) -> tuple[Replica, ...]:
+        return tuple(r for r in self.replicas if not r.stat.is_dir)
+
+
+class _Fanout:
+    """One parallel stat of a path on every target, observable while it runs."""
+
+    def __init__(self, path: str, targets: list[Target], deadline: float) -> None:
+        self.path = path
+        self.started = time.monotonic()
+        self.deadline = deadline
+        self.found: dict[str, Replica] = {}
+        self.errors: dict[str, str] = {}
+        self.pending: dict[str, Target] = {t.endpoint: t for t in targets}
+        self.stale = False
+        self._wakeup = asyncio.Event()
+
+    def record(self, endpoint: str, *, replica: Replica | None = None, error: str | None = None) -> None:
+        self.pending.pop(endpoint, None)
+        if replica is not None:
+            self.found[endpoint] = replica
+        if error is not None:
+            self.errors[endpoint] = error
+        wakeup, self._wakeup = self._wakeup, asyncio.Event()
+        wakeup.set()
+
+    async def changed(self) -> None:
+        await self._wakeup.wait()
+
+    def snapshot(self) -> LocateResult:
+        unknown = tuple(sorted(self.errors.items()))
+        return LocateResult(
+            self.path,
+            tuple(self.found[name] for name in sorted(self.found)),
+            unknown,
+            complete=not self.pending and not self.errors,
+            elapsed=time.monotonic() - self.started,
+        )
+
+
+class Locator:
+    """Locates federated paths on the endpoints, with caching and fan-out sharing."""
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, Endpoint],
+        namespace: Namespace,
+        health: HealthMonitor,
+        cache: TTLCache[LocateResult],
+        listings: TTLCache[tuple[Entry, ...]],
+        cache_settings: CacheSettings,
+        locations: Mapping[str, Location | None],
+        timeout: float,
+        fuzz_km: float,
+    ) -> None:
+        self._endpoints = endpoints
+        self._namespace = namespace
+        self._health = health
+        self._cache = cache
+        self._listings = listings
+        self._cache_settings = cache_settings
+        self._locations = locations
+        self._timeout = timeout
+        self._fuzz_km = fuzz_km
+        self._readable = [name for name, ep in endpoints.items() if ep.settings.readable]
+        self._inflight: dict[str, _Fanout] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._writes: dict[str, float] = {}
+
+    def cached(self, path: str) -> LocateResult | None:
+        """The cached answer for ``path``, if any (the hot path of a warm redirect)."""
+        return self._cache.get(path)
+
+    async def locate(self, path: str, want: Want, client: ClientPlacement | None = None) -> LocateResult:
+        cached = self._cache.get(path)
+        if cached is not None:
+            return cached
+        fanout = self._inflight.get(path)
+        if fanout is None:
+            fanout = self._start(path)
+        while not self._enough(fanout, want, client):
+            remaining = fanout.deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(fanout.changed(), remaining)
+            except TimeoutError:
+                break
+        result = fanout.snapshot()
+        if fanout.pending and not result.replicas and time.monotonic() >= fanout.deadline:
+            unknown = result.unknown + tuple(
+                (name, f"no answer within {self._timeout:g} s") for name in sorted(fanout.pending)
+            )
+            result = LocateResult(path, result.replicas, unknown, False, result.elapsed)
+        return result
+
+    def invalidate(self, path: str, *, writing: bool = False) -> None:
+        """Forget what is known of ``path`` and its parent's listing (after a write through geofed).
+
+        With ``writing``, negative answers for the path are not cached for a while: the client is
+        uploading to the endpoint right now and must not be told 404 from the cache afterwards.
+        """
+        self._cache.discard(path)
+        self._listings.discard(path)
+        self._listings.discard(parent(path))
+        fanout = self._inflight.pop(path, None)
+        if fanout is not None:
+            fanout.stale = True
+        if writing:
+            now = time.monotonic()
+            if len(self._writes) > 10000:
+                self._writes = {p: t for p, t in self._writes.items() if t > now}
+            self._writes[path] = now + 600
+            self._writes[parent(path)] = now + 600
+
+    def write_pending(self, path: str) -> bool:
+        until = self._writes.get(path)
+        return until is not None and until > time.monotonic()
+
+    def _start(self, path: str) -> _Fanout:
+        names = [n for n in self._readable if self._health.is_usable(n)]
+        targets = self._namespace.targets(path, names)
+        fanout = _Fanout(path, targets, time.monotonic() + self._timeout)
+        self._inflight[path] = fanout
+        task = asyncio.create_task(self._run(fanout, targets))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return fanout
+
+    async def _run(self, fanout: _Fanout, targets: list[Target]) -> None:
+        await asyncio.gather(*(self._ask(fanout, t) for t in targets))
+        if self._inflight.get(fanout.path) is fanout:
+            del self._inflight[fanout.path]
+        if fanout.stale:
+            return
+        result = fanout.snapshot()
+        if result.complete:
+            if result.replicas:
+                self._cache.put(fanout.path, result, self._cache_settings.ttl)
+            elif not self.write_pending(fanout.path):
+                self._cache.put(fanout.path, result, self._cache_settings.negative_ttl)
+        elif result.replicas:
+            self._cache.put(fanout.path, result, self._cache_settings.negative_ttl)
+
+    async def _ask(self, fanout: _Fanout, target: Target) -> None:
+        endpoint = self._endpoints[target.endpoint]
+        try:
+            async with asyncio.timeout_at(_loop_deadline(fanout.deadline)):
+                stat = await endpoint.stat(target.path)
+        except TimeoutError:
+            fanout.record(target.endpoint, error=f"no answer within {self._timeout:g} s")
+        except PathNotFound:
+            fanout.record(target.endpoint)
+        except EndpointError as exc:
+            fanout.record(target.endpoint, error=exc.reason)
+        except Exception as exc:  # never let one endpoint's bug break the fan-out
+            log.exception("stat on %s raised", target.endpoint)
+            fanout.record(target.endpoint, error=f"internal error: {type(exc).__name__}")
+        else:
+            replica = None if stat is None else Replica(target.endpoint, target.path, stat)
+            fanout.record(target.endpoint, replica=replica)
+
+    def _enough(self, fanout: _Fanout, want: Want, client: ClientPlacement | None) -> bool:
+        if not fanout.pending:
+            return True
+        if want is Want.ALL or not fanout.found:
+            return False
+        if want is Want.FIRST or client is None:
+            return True
+        if client.preferred_endpoint is not None:
+            if client.preferred_endpoint in fanout.found:
+                return True
+            if client.preferred_endpoint in fanout.pending:
+                return False
+        if client.location is None:
+            return True
+        best = min(
+            (
+                great_circle_km(client.location, loc)
+                for name in fanout.found
+                if (loc := self._locations.get(name)) is not None
+            ),
+            default=None,
+        )
+        if best is None:
+            return False
+        limit = best + self._fuzz_km
+        for name in fanout.pending:
+            loc = self._locations.get(name)
+            if loc is not None and great_circle_km(client.location, loc) <= limit:
+                return False
+        return True
+
+    async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _loop_deadline(monotonic_deadline: float) -> float:
+    """Convert a time.monotonic() deadline to the running loop's clock."""
+    loop = asyncio.get_running_loop()
+    return loop.time() + (monotonic_deadline - time.monotonic())

@@ -1,0 +1,1 @@
+"""The HTTP surface of geofed: redirects, WebDAV answers, listings, the data route and status."""

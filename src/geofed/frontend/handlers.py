@@ -1,0 +1,383 @@
+"""The federation's HTTP methods: what geofed answers itself, and what it redirects.
+
+Only GET (302) and PUT (307) are redirected; HEAD, PROPFIND, MKCOL, DELETE and OPTIONS are answered
+here, because clients mishandle redirected namespace operations and a redirected PROPFIND would
+show the endpoint's namespace (see the client reference). One instance serves every request; the
+warm GET path is: validate the path, place the client, read the cached replica list, rank, sign.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from geofed.config import ServerSettings
+from geofed.endpoints.base import StatResult
+from geofed.errors import (
+    BadGateway,
+    Conflict,
+    EndpointError,
+    EndpointRefused,
+    EndpointUnavailable,
+    ExpectationFailed,
+    Forbidden,
+    HTTPError,
+    MethodNotAllowed,
+    NotFound,
+    PathNotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from geofed.federation.listing import ListingMerger, ListingOutcome
+from geofed.federation.locator import LocateResult, Want
+from geofed.federation.paths import basename, check_raw_path, normalise, parent
+from geofed.frontend import listing_html, propfind
+from geofed.frontend.accesslog import AccessLog
+from geofed.frontend.clientaddr import ClientAddressResolver
+from geofed.geo import ClientPlacement
+from geofed.runtime import Federation
+
+ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, PROPFIND"
+_DIR_STAT = StatResult(is_dir=True)
+_FLUSH_BYTES = 65536
+
+
+class Note:
+    """What a handler decided, for the access log."""
+
+    __slots__ = ("decision", "endpoint", "locate_seconds")
+
+    def __init__(self) -> None:
+        self.decision = "-"
+        self.endpoint: str | None = None
+        self.locate_seconds: float | None = None
+
+
+Handler = Callable[[web.Request, str, Note], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: HTTPError) -> web.Response:
+    """The one place an HTTPError becomes a response: the status, its headers, a plain message."""
+    return web.Response(status=error.status, text=error.detail + "\n", headers=error.headers)
+
+
+class FederationFrontEnd:
+    def __init__(self, federation: Federation, server: ServerSettings, access_log: AccessLog | None) -> None:
+        self.fed = federation
+        self._server = server
+        self._access = access_log
+        self._addresses = ClientAddressResolver(server.trusted_proxies)
+        self._public_url = server.public_url.rstrip("/") if server.public_url else None
+        fs = federation.settings
+        self.listings = ListingMerger(
+            federation.endpoints,
+            federation.namespace,
+            federation.health,
+            federation.listings_cache,
+            fs.federation.locate_timeout,
+            fs.cache.ttl,
+            fs.cache.max_listing_entries,
+        )
+        self._methods: dict[str, Handler] = {
+            "GET": self.get,
+            "HEAD": self.head,
+            "PUT": self.put,
+            "DELETE": self.delete,
+            "MKCOL": self.mkcol,
+            "PROPFIND": self.propfind,
+            "OPTIONS": self.options,
+        }
+        self._max_alternatives = fs.federation.max_alternatives
+        self._retry_after = fs.federation.retry_after
+
+    # -- entry points -------------------------------------------------------------------------
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        note = Note()
+        path = request.path
+        try:
+            handler = self._methods.get(request.method)
+            if handler is None:
+                raise MethodNotAllowed(f"{request.method} is not supported here", headers={"Allow": ALLOWED})
+            check_raw_path(request.raw_path)
+            path = normalise(path)
+            response = await handler(request, path, note)
+        except HTTPError as exc:
+            note.decision = "error"
+            response = error_response(exc)
+        if self._access is not None:
+            self._access.record(
+                request.method,
+                path,
+                self.client_address(request),
+                None,
+                response.status,
+                note.decision,
+                note.endpoint,
+                note.locate_seconds,
+            )
+        return response
+
+    async def expect_handler(self, request: web.Request) -> web.StreamResponse | None:
+        """Answer a PUT's redirect before its body is sent; let other methods continue."""
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return error_response(ExpectationFailed("only Expect: 100-continue is supported"))
+        if request.method == "PUT":
+            response = await self.dispatch(request)
+            if response.status >= 300:
+                response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def client_address(self, request: web.Request) -> str | None:
+        return self._addresses.resolve(request.remote, request.headers.get("X-Forwarded-For"))
+
+    def _placement(self, request: web.Request) -> ClientPlacement:
+        return self.fed.clients.place(self.client_address(request))
+
+    def _absolute(self, request: web.Request, url: str) -> str:
+        if url.startswith("/"):
+            return (self._public_url or f"{request.scheme}://{request.host}") + url
+        return url
+
+    async def _locate(
+        self, path: str, want: Want, client: ClientPlacement | None, note: Note
+    ) -> LocateResult:
+        result = await self.fed.locator.locate(path, want, client)
+        note.locate_seconds = 0.0 if result.cached else result.elapsed
+        return result
+
+    def _missing(self, path: str, result: LocateResult) -> HTTPError:
+        """404 only when every endpoint said no; 503 when some could not answer."""
+        if result.unknown:
+            detail = "; ".join(f"{name}: {why}" for name, why in result.unknown)
+            return ServiceUnavailable(
+                f"{path} was not found on the endpoints that answered, and these could not say: {detail}",
+                retry_after=self._retry_after,
+            )
+        return NotFound(f"{path} does not exist on any endpoint")
+
+    async def _stat(self, path: str, note: Note) -> StatResult:
+        """The federated stat of ``path``: a file replica's metadata, a collection, or an error."""
+        result = await self._locate(path, Want.FIRST, None, note)
+        files = result.files
+        if files:
+            return files[0].stat
+        if result.replicas:
+            return result.replicas[0].stat
+        if self.fed.namespace.is_mount_point(path):
+            return _DIR_STAT
+        raise self._missing(path, result)
+
+    # -- methods ------------------------------------------------------------------------------
+
+    async def get(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        placement = self._placement(request)
+        result = self.fed.locator.cached(path)
+        if result is None:
+            result = await self._locate(path, Want.CLOSEST, placement, note)
+        else:
+            note.locate_seconds = 0.0
+        if not result.files:
+            if result.replicas or self.fed.namespace.is_mount_point(path):
+                note.decision = "listing"
+                return await self._listing(request, path)
+            raise self._missing(path, result)
+        ranking = self.fed.rank(placement, result)
+        if not ranking.accepted:
+            reasons = "; ".join(f"{r.endpoint}: {r.reason}" for r in ranking.rejected)
+            raise ServiceUnavailable(f"no replica of {path} can be served now ({reasons})")
+        best = ranking.accepted[0]
+        lifetime = self.fed.url_lifetime
+        endpoints = self.fed.endpoints
+        headers = {
+            "Location": self._absolute(request, endpoints[best.endpoint].sign_url("GET", best.path, lifetime))
+        }
+        alternatives = ranking.accepted[1 : 1 + self._max_alternatives]
+        if alternatives:
+            headers["Link"] = ", ".join(
+                f"<{self._absolute(request, endpoints[alt.endpoint].sign_url('GET', alt.path, lifetime))}>"
+                f"; rel=duplicate; pri={i}"
+                for i, alt in enumerate(alternatives, start=1)
+            )
+        note.decision, note.endpoint = "redirect", best.endpoint
+        return web.Response(status=302, headers=headers)
+
+    async def head(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        stat = await self._stat(path, note)
+        note.decision = "stat"
+        if stat.is_dir:
+            return web.Response(status=200, content_type="text/html", charset="utf-8")
+        headers = {"Accept-Ranges": "bytes", "Content-Type": stat.content_type or "application/octet-stream"}
+        if stat.size is not None:
+            headers["Content-Length"] = str(stat.size)
+        if stat.mtime is not None:
+            headers["Last-Modified"] = _http_date(stat.mtime)
+        if stat.etag is not None:
+            headers["ETag"] = stat.etag
+        response = web.Response(status=200, headers=headers)
+        return response
+
+    async def options(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        note.decision = "options"
+        return web.Response(
+            status=200, headers={"DAV": "1", "Allow": ALLOWED, "MS-Author-Via": "DAV", "Content-Length": "0"}
+        )
+
+    async def put(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        if path == "/" or self.fed.namespace.is_mount_point(path):
+            raise MethodNotAllowed(f"{path} is a collection", headers={"Allow": ALLOWED})
+        placement = self._placement(request)
+        existing = await self._locate(path, Want.ALL, placement, note)
+        if existing.is_dir:
+            raise Conflict(f"a collection exists at {path}")
+        ranking = self.fed.rank(placement, existing, writable=True)
+        if not ranking.accepted:
+            ranking = self.fed.rank_for_write(placement, path)
+        if not ranking.accepted:
+            if ranking.rejected:
+                reasons = "; ".join(f"{r.endpoint}: {r.reason}" for r in ranking.rejected)
+                raise ServiceUnavailable(f"no writable endpoint for {path} is available ({reasons})")
+            raise Forbidden(f"no writable endpoint serves {path}")
+        best = ranking.accepted[0]
+        endpoint = self.fed.endpoints[best.endpoint]
+        try:
+            await endpoint.makedirs(parent(best.path))
+        except EndpointError as exc:
+            raise _endpoint_http_error(exc, f"cannot create the parent collection of {path}") from exc
+        self.fed.locator.invalidate(path, writing=True)
+        location = self._absolute(request, endpoint.sign_url("PUT", best.path, self.fed.url_lifetime))
+        note.decision, note.endpoint = "redirect", best.endpoint
+        response = web.Response(status=307, headers={"Location": location})
+        length = request.content_length
+        if (
+            length is not None
+            and length > self._server.max_unread_put_body
+            and "Expect" not in request.headers
+        ):
+            response.force_close()
+        return response
+
+    async def delete(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        if path == "/" or self.fed.namespace.is_mount_point(path):
+            raise Forbidden(f"{path} is a mount point of the federation and cannot be deleted")
+        result = await self._locate(path, Want.ALL, None, note)
+        if not result.replicas:
+            raise self._missing(path, result)
+        failures: list[str] = [f"{name}: {why} (its replica may remain)" for name, why in result.unknown]
+        deleted: list[str] = []
+        for replica in result.replicas:
+            endpoint = self.fed.endpoints[replica.endpoint]
+            if not endpoint.settings.writable:
+                failures.append(f"{replica.endpoint}: endpoint is read-only")
+                continue
+            try:
+                await endpoint.delete(replica.path)
+            except PathNotFound:
+                deleted.append(replica.endpoint)
+            except EndpointError as exc:
+                failures.append(f"{replica.endpoint}: {exc.reason}")
+            else:
+                deleted.append(replica.endpoint)
+        self.fed.locator.invalidate(path)
+        note.decision, note.endpoint = "delete", ",".join(deleted) or None
+        if failures:
+            done = f"deleted on {', '.join(deleted)}; " if deleted else ""
+            raise BadGateway(f"{path}: {done}failed on {'; '.join(failures)}")
+        return web.Response(status=204)
+
+    async def mkcol(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        if request.body_exists:
+            raise UnsupportedMediaType("MKCOL with a body is not supported")
+        if path == "/" or self.fed.namespace.is_mount_point(path):
+            raise MethodNotAllowed(f"{path} already exists", headers={"Allow": ALLOWED})
+        existing = await self._locate(path, Want.FIRST, None, note)
+        if existing.replicas:
+            raise MethodNotAllowed(f"{path} already exists", headers={"Allow": ALLOWED})
+        parent_stat = await self._stat(parent(path), Note())
+        if not parent_stat.is_dir:
+            raise Conflict(f"the parent of {path} is not a collection")
+        ranking = self.fed.rank_for_write(self._placement(request), path)
+        if not ranking.accepted:
+            raise Forbidden(f"no writable endpoint serves {path}")
+        best = ranking.accepted[0]
+        try:
+            await self.fed.endpoints[best.endpoint].makedirs(best.path)
+        except EndpointError as exc:
+            raise _endpoint_http_error(exc, f"cannot create {path}") from exc
+        self.fed.locator.invalidate(path)
+        note.decision, note.endpoint = "mkcol", best.endpoint
+        return web.Response(status=201)
+
+    async def propfind(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        depth = propfind.parse_depth(request.headers.get("Depth"))
+        limit = self._server.max_propfind_body
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"PROPFIND body larger than {limit} bytes")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            raise PayloadTooLarge(f"PROPFIND body larger than {limit} bytes")
+        wanted = propfind.parse_body(body)
+        stat = await self._stat(path, note)
+        note.decision = "propfind"
+        href = request.raw_path.split("?", 1)[0]
+        response = web.StreamResponse(status=207)
+        response.content_type = "application/xml"
+        response.charset = "utf-8"
+        await response.prepare(request)
+        chunk = propfind.MULTISTATUS_OPEN + propfind.render_response(
+            href, basename(path) or "/", stat, wanted
+        )
+        if depth == 1 and stat.is_dir:
+            outcome = ListingOutcome()
+            async for entry in self.listings.entries(path, outcome):
+                chunk += propfind.render_response(
+                    propfind.child_href(href, entry.name, entry.stat.is_dir), entry.name, entry.stat, wanted
+                )
+                if len(chunk) >= _FLUSH_BYTES:
+                    await response.write(chunk.encode())
+                    chunk = ""
+        await response.write((chunk + propfind.MULTISTATUS_CLOSE).encode())
+        await response.write_eof()
+        return response
+
+    async def _listing(self, request: web.Request, path: str) -> web.StreamResponse:
+        as_json = "application/json" in request.headers.get("Accept", "")
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/json" if as_json else "text/html"
+        response.charset = "utf-8"
+        await response.prepare(request)
+        outcome = ListingOutcome()
+        chunk = listing_html.json_head(path) if as_json else listing_html.html_head(path)
+        first = True
+        async for entry in self.listings.entries(path, outcome):
+            chunk += listing_html.json_entry(entry, first) if as_json else listing_html.html_row(entry)
+            first = False
+            if len(chunk) >= _FLUSH_BYTES:
+                await response.write(chunk.encode())
+                chunk = ""
+        chunk += listing_html.json_tail(outcome.errors) if as_json else listing_html.html_tail(outcome.errors)
+        await response.write(chunk.encode())
+        await response.write_eof()
+        return response
+
+
+def _endpoint_http_error(exc: EndpointError, what: str) -> HTTPError:
+    if isinstance(exc, EndpointUnavailable):
+        return ServiceUnavailable(f"{what}: {exc}")
+    if isinstance(exc, EndpointRefused) and exc.status == 403:
+        return Forbidden(f"{what}: {exc}")
+    if isinstance(exc, EndpointRefused) and exc.status == 409:
+        return Conflict(f"{what}: {exc}")
+    return BadGateway(f"{what}: {exc}")
+
+
+def _http_date(timestamp: float) -> str:
+    return time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(timestamp))

@@ -1,0 +1,40 @@
+"""``GET /_geofed/status``: endpoint health and cache figures as JSON, without any secret."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from geofed import __version__
+from geofed.runtime import Federation
+
+
+def status_document(federation: Federation) -> dict[str, object]:
+    endpoints = []
+    for name, endpoint in federation.endpoints.items():
+        state = federation.health.states[name].as_json()
+        settings = endpoint.settings
+        location = federation.locations.get(name)
+        state.update(
+            kind=settings.kind,
+            readable=settings.readable,
+            listable=settings.listable,
+            writable=settings.writable,
+            prefixes=[{"federated": p.federated, "endpoint": p.endpoint} for p in settings.prefixes],
+            location=None if location is None else {"lat": location.lat, "lon": location.lon},
+        )
+        endpoints.append(state)
+    cache = federation.locations_cache
+    return {
+        "version": __version__,
+        "endpoints": endpoints,
+        "cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
+    }
+
+
+def status_handler(federation: Federation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return web.json_response(status_document(federation))
+
+    return handle

@@ -1,0 +1,139 @@
+"""Endpoint health: one probe loop per endpoint, and the state the rest of geofed reads.
+
+A probe that fails (or takes longer than its timeout) ``failures_to_down`` times in a row marks
+the endpoint down with the reason; a down endpoint is asked nothing and chosen for nothing. The
+next passing probe brings it back by itself. An endpoint that was never probed counts as usable, so
+a fresh process serves at once. An endpoint can also be disabled by hand, which overrides probes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from geofed.config import HealthSettings
+from geofed.endpoints.base import Endpoint
+from geofed.errors import EndpointError
+
+log = logging.getLogger("geofed.health")
+
+
+@dataclass(slots=True)
+class EndpointState:
+    """What the monitor knows of one endpoint."""
+
+    name: str
+    up: bool | None = None
+    latency: float | None = None
+    last_error: str | None = None
+    last_change: float | None = None
+    last_check: float | None = None
+    consecutive_failures: int = 0
+    disabled: bool = False
+    history: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> str:
+        if self.disabled:
+            return "disabled"
+        return {None: "unknown", True: "up", False: "down"}[self.up]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "latency_ms": None if self.latency is None else round(self.latency * 1000, 2),
+            "last_error": self.last_error,
+            "last_change": self.last_change,
+            "last_check": self.last_check,
+        }
+
+
+class HealthMonitor:
+    """Runs the probes and answers "may this endpoint be used, and if not, why?"."""
+
+    def __init__(self, endpoints: Mapping[str, Endpoint], settings: HealthSettings) -> None:
+        self._endpoints = endpoints
+        self._settings = settings
+        self.states = {name: EndpointState(name) for name in endpoints}
+        self._unavailable: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def unavailable(self) -> Mapping[str, str]:
+        """Endpoint name → reason, for every endpoint that must not be used now."""
+        return self._unavailable
+
+    def is_usable(self, name: str) -> bool:
+        return name not in self._unavailable
+
+    def start(self) -> None:
+        for name in self._endpoints:
+            self._tasks.append(asyncio.create_task(self._loop(name), name=f"health:{name}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    async def check(self, name: str) -> EndpointState:
+        """Probe one endpoint now and record the outcome."""
+        endpoint = self._endpoints[name]
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            await asyncio.wait_for(endpoint.probe(), self._settings.timeout)
+        except TimeoutError:
+            error = f"probe timed out after {self._settings.timeout:g} s"
+        except EndpointError as exc:
+            error = exc.reason
+        except Exception as exc:  # a bug in a probe must not kill the monitor
+            log.exception("probe of %s raised", name)
+            error = f"probe failed: {type(exc).__name__}"
+        self._record(name, time.monotonic() - started, error)
+        return self.states[name]
+
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        state = self.states[name]
+        state.disabled = disabled
+        state.last_change = time.time()
+        self._refresh(name)
+
+    def _record(self, name: str, latency: float, error: str | None) -> None:
+        state = self.states[name]
+        state.last_check = time.time()
+        if error is None:
+            state.latency = latency
+            state.consecutive_failures = 0
+            if state.up is not True:
+                log.info("endpoint %s is up (%.1f ms)", name, latency * 1000)
+                state.up, state.last_change, state.last_error = True, state.last_check, None
+        else:
+            state.consecutive_failures += 1
+            state.last_error = error
+            if state.consecutive_failures >= self._settings.failures_to_down and state.up is not False:
+                log.warning("endpoint %s is down: %s", name, error)
+                state.up, state.last_change = False, state.last_check
+        self._refresh(name)
+
+    def _refresh(self, name: str) -> None:
+        state = self.states[name]
+        if state.disabled:
+            self._unavailable[name] = "endpoint disabled by an administrator"
+        elif state.up is False:
+            self._unavailable[name] = f"endpoint down: {state.last_error}"
+        else:
+            self._unavailable.pop(name, None)
+
+    async def _loop(self, name: str) -> None:
+        while True:
+            await self.check(name)
+            await asyncio.sleep(self._settings.interval)

@@ -1,0 +1,119 @@
+"""The running federation: every long-lived object built from one Settings, started and stopped together.
+
+``Federation`` owns the endpoints, the health monitor, the caches and the locator. The HTTP front
+end and the command line both use it, so ``geofed locate`` explains exactly what a request would do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+from collections.abc import Mapping
+
+from geofed.config import EndpointSettings, Location, Settings
+from geofed.endpoints.base import Endpoint, Entry
+from geofed.endpoints.local import LocalEndpoint
+from geofed.federation.cache import TTLCache
+from geofed.federation.locator import LocateResult, Locator
+from geofed.federation.namespace import Namespace
+from geofed.federation.selection import Candidate, Ranking, rank
+from geofed.geo import ClientLocator, ClientPlacement, GeoDatabase, normalise_ip
+from geofed.health import HealthMonitor
+from geofed.signing import URLSigner
+
+log = logging.getLogger("geofed")
+
+
+def build_endpoint(settings: EndpointSettings, signer: URLSigner, url_lifetime: float) -> Endpoint:
+    """The endpoint object for one configured endpoint, by kind."""
+    if settings.kind == "local":
+        return LocalEndpoint(settings, signer, url_lifetime)
+    from geofed.endpoints.webdav import WebDAVEndpoint
+
+    return WebDAVEndpoint(settings)
+
+
+class Federation:
+    """Everything a request needs, built once per configuration."""
+
+    def __init__(self, settings: Settings, *, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.signer = URLSigner(settings.signing.secret)
+        self.url_lifetime = settings.signing.url_lifetime
+        self.endpoints: dict[str, Endpoint] = {
+            e.name: build_endpoint(e, self.signer, self.url_lifetime) for e in settings.endpoints
+        }
+        self.namespace = Namespace(settings.endpoints)
+        self.geo_db = GeoDatabase(settings.geoip.database) if settings.geoip.database else None
+        self.clients = ClientLocator(settings.client_networks, self.geo_db)
+        self.locations: dict[str, Location | None] = {
+            e.name: e.location or self._locate_host(e) for e in settings.endpoints
+        }
+        self.health = HealthMonitor(self.endpoints, settings.health)
+        self.locations_cache: TTLCache[LocateResult] = TTLCache(settings.cache.max_entries)
+        self.listings_cache: TTLCache[tuple[Entry, ...]] = TTLCache(max(1, settings.cache.max_entries // 100))
+        self.locator = Locator(
+            self.endpoints,
+            self.namespace,
+            self.health,
+            self.locations_cache,
+            self.listings_cache,
+            settings.cache,
+            self.locations,
+            settings.federation.locate_timeout,
+            settings.federation.fuzz_km,
+        )
+        self.rng = rng or random.Random()
+        self.local_endpoints: Mapping[str, LocalEndpoint] = {
+            n: e for n, e in self.endpoints.items() if isinstance(e, LocalEndpoint)
+        }
+
+    def _locate_host(self, settings: EndpointSettings) -> Location | None:
+        """An endpoint without configured coordinates is placed by a GeoIP lookup of its host."""
+        if self.geo_db is None or settings.host is None:
+            return None
+        try:
+            address = socket.getaddrinfo(settings.host, None)[0][4][0]
+        except OSError:
+            log.warning("endpoint %s: cannot resolve %s to place it", settings.name, settings.host)
+            return None
+        ip = normalise_ip(str(address))
+        location = self.geo_db.location(ip) if ip is not None else None
+        if location is None:
+            log.warning("endpoint %s: no location configured and none found by GeoIP", settings.name)
+        return location
+
+    def rank(self, client: ClientPlacement, result: LocateResult, *, writable: bool = False) -> Ranking:
+        """Rank the file replicas of ``result`` for ``client``."""
+        candidates = [
+            Candidate(r.endpoint, r.path, self.locations[r.endpoint])
+            for r in result.replicas
+            if not r.stat.is_dir and (not writable or self.endpoints[r.endpoint].settings.writable)
+        ]
+        return rank(client, candidates, self.health.unavailable, self.settings.federation.fuzz_km, self.rng)
+
+    def rank_for_write(self, client: ClientPlacement, path: str) -> Ranking:
+        """Rank the writable endpoints that serve ``path`` as upload destinations."""
+        candidates = []
+        for name, endpoint in self.endpoints.items():
+            if not endpoint.settings.writable:
+                continue
+            local = self.namespace.translate(path, name)
+            if local is not None:
+                candidates.append(Candidate(name, local, self.locations[name]))
+        return rank(client, candidates, self.health.unavailable, self.settings.federation.fuzz_km, self.rng)
+
+    async def start(self, *, probe_first: bool = True) -> None:
+        """Probe every endpoint once (so a dead one gets no traffic from the start), then monitor."""
+        if probe_first:
+            await asyncio.gather(*(self.health.check(name) for name in self.endpoints))
+        self.health.start()
+
+    async def stop(self) -> None:
+        await self.health.stop()
+        await self.locator.aclose()
+        await asyncio.gather(*(e.aclose() for e in self.endpoints.values()), return_exceptions=True)
+        if self.geo_db is not None:
+            self.geo_db.close()
