@@ -17,6 +17,7 @@ found", so callers can answer 503 instead of a false 404.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -199,7 +200,7 @@ class Locator:
             del self._inflight[fanout.path]
         if fanout.stale:
             return
-        result = fanout.snapshot()
+        result = dataclasses.replace(fanout.snapshot(), cached=True)
         if result.complete:
             if result.replicas:
                 self._cache.put(fanout.path, result, self._cache_settings.ttl)
