@@ -1,0 +1,1 @@
+"""geofed test suite (a package so that ``tests.infra`` helpers import by name)."""

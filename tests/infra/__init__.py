@@ -1,0 +1,1 @@
+"""Real test infrastructure on loopback: WebDAV servers, a latency proxy and GeoIP databases."""
