@@ -35,10 +35,12 @@ class URLSigner:
         self, method: str, endpoint: str, path: str, expires: str, signature: str, now: float | None = None
     ) -> str | None:
         """None when the URL is valid for ``method`` now; otherwise the reason it is not."""
+        if not expires or not signature:
+            return "this URL carries no signature: ask the federation for a signed one"
         try:
             expiry = int(expires)
         except ValueError:
-            return "malformed expiry"
+            return "malformed expiry in the signed URL"
         if expiry < (time.time() if now is None else now):
             return "the signed URL has expired"
         methods = ("GET", "HEAD") if method == "HEAD" else (method,)

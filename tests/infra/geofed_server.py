@@ -25,8 +25,9 @@ T = TypeVar("T")
 class GeofedServer:
     """A started geofed; ``url`` is its base URL, ``federation`` its live state (for assertions)."""
 
-    def __init__(self, settings: Settings, host: str = "127.0.0.1") -> None:
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", *, probe_first: bool = True) -> None:
         self.settings = settings
+        self.probe_first = probe_first
         self.host = host
         self.access_log = io.StringIO()
         self._loop = asyncio.new_event_loop()
@@ -65,7 +66,7 @@ class GeofedServer:
         return self.call(wrapper())
 
     async def _start(self) -> None:
-        app = build_app(self.settings, access_stream=self.access_log)
+        app = build_app(self.settings, access_stream=self.access_log, probe_first=self.probe_first)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
@@ -74,10 +75,20 @@ class GeofedServer:
         assert server is not None and server.sockets
         self.port = server.sockets[0].getsockname()[1]
 
+    @staticmethod
+    async def _cancel_leftovers() -> None:
+        """End connection tasks that outlived the runner, so the loop closes cleanly."""
+        current = asyncio.current_task()
+        leftovers = [t for t in asyncio.all_tasks() if t is not current]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+
     def stop(self) -> None:
         if self._runner is not None:
             self.call(self._runner.cleanup())
             self._runner = None
+            self.call(self._cancel_leftovers())
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
