@@ -63,8 +63,14 @@ def test_env_default_is_used(tmp_path: Path) -> None:
     ("change", "message"),
     [
         (("kind: webdav", "kind: ftp"), r"endpoints\[0\]\.kind: Input should be 'local' or 'webdav'"),
-        (("federated: /atlas,", "federated: atlas,"), r"endpoints\[0\]\.prefixes\[0\]\.federated: must be an absolute"),
-        (("lat: 46.2", "lat: 146.2"), r"endpoints\[0\]\.location\.lat: Input should be less than or equal to 90"),
+        (
+            ("federated: /atlas,", "federated: atlas,"),
+            r"endpoints\[0\]\.prefixes\[0\]\.federated: must be an absolute",
+        ),
+        (
+            ("lat: 46.2", "lat: 146.2"),
+            r"endpoints\[0\]\.location\.lat: Input should be less than or equal to 90",
+        ),
         (("timeout: 5s", "timeout: soon"), r"endpoints\[0\]\.timeout: expected a duration"),
         (("max_concurrency: 8", "max_concurrency: 0"), r"endpoints\[0\]\.max_concurrency"),
         (("url: file:///srv/data", "url: /srv/data"), r"endpoints\[1\]: .*file:///"),
@@ -110,7 +116,9 @@ def test_client_network_cidr_is_checked() -> None:
         )
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("3s", 3.0), ("250ms", 0.25), ("5m", 300.0), ("1h", 3600.0), (7, 7.0)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("3s", 3.0), ("250ms", 0.25), ("5m", 300.0), ("1h", 3600.0), (7, 7.0)]
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -123,7 +131,9 @@ def test_bad_durations(bad: object) -> None:
 
 def test_check_config_command(tmp_path: Path) -> None:
     runner = CliRunner()
-    good = runner.invoke(main, ["check-config", str(write(tmp_path, MINIMAL))], env={"GEOFED_SECRET": "s" * 20})
+    good = runner.invoke(
+        main, ["check-config", str(write(tmp_path, MINIMAL))], env={"GEOFED_SECRET": "s" * 20}
+    )
     assert good.exit_code == 0, good.output
     assert "valid (2 endpoints)" in good.output
     bad_path = tmp_path / "bad.yaml"

@@ -30,7 +30,9 @@ def test_root_mapping_and_root_endpoint_prefix() -> None:
 
 
 def test_targets_lists_every_serving_endpoint() -> None:
-    ns = Namespace([endpoint("a", ("/atlas", "/d")), endpoint("b", ("/atlas", "/e")), endpoint("c", ("/b", "/"))])
+    ns = Namespace(
+        [endpoint("a", ("/atlas", "/d")), endpoint("b", ("/atlas", "/e")), endpoint("c", ("/b", "/"))]
+    )
     assert ns.targets("/atlas/f", ["a", "b", "c"]) == [Target("a", "/d/f"), Target("b", "/e/f")]
     assert ns.targets("/atlas/f", ["b"]) == [Target("b", "/e/f")]
 

@@ -39,7 +39,9 @@ def test_client_in_victoria_goes_to_uvic_then_triumf() -> None:
 
 
 def test_down_endpoint_is_rejected_with_its_reason() -> None:
-    ranking = rank(ClientPlacement(VICTORIA), REPLICAS, {"uvic": "endpoint down: refused"}, 0, random.Random(1))
+    ranking = rank(
+        ClientPlacement(VICTORIA), REPLICAS, {"uvic": "endpoint down: refused"}, 0, random.Random(1)
+    )
     assert names(ranking.accepted) == ["triumf", "cern"]
     assert [(r.endpoint, r.reason) for r in ranking.rejected] == [("uvic", "endpoint down: refused")]
 

@@ -106,9 +106,7 @@ class DataRoute:
                 await asyncio.to_thread(handle.flush)
                 await asyncio.to_thread(os.fsync, handle.fileno())
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                raise BadRequest(
-                    f"upload interrupted after {received} bytes; nothing was stored"
-                ) from exc
+                raise BadRequest(f"upload interrupted after {received} bytes; nothing was stored") from exc
             finally:
                 handle.close()
             if expected is not None and received != expected:

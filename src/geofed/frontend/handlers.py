@@ -301,7 +301,10 @@ class FederationFrontEnd:
         existing = await self._locate(path, Want.FIRST, None, note)
         if existing.replicas:
             raise MethodNotAllowed(f"{path} already exists", headers={"Allow": ALLOWED})
-        parent_stat = await self._stat(parent(path), Note())
+        try:
+            parent_stat = await self._stat(parent(path), Note())
+        except NotFound as exc:
+            raise Conflict(f"the parent collection of {path} does not exist") from exc
         if not parent_stat.is_dir:
             raise Conflict(f"the parent of {path} is not a collection")
         ranking = self.fed.rank_for_write(self._placement(request), path)
