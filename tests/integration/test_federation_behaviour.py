@@ -209,3 +209,19 @@ def test_locate_command_explains_the_ranking(sites: Sites, tmp_path: Path) -> No
         check=False,
     )
     assert missing.returncode == 1
+
+
+def test_delete_reports_the_endpoints_that_failed(sites: Sites) -> None:
+    sites.put_file("cern", "/mix/del.dat", b"x\n")
+    sites.put_file("triumf", "/mix/del.dat", b"x\n")
+    settings = sites.settings()
+    read_only_cern = tuple(
+        e.model_copy(update={"writable": False}) if e.name == "cern" else e for e in settings.endpoints
+    )
+    with GeofedServer(settings.model_copy(update={"endpoints": read_only_cern})) as server:
+        out = curl("-X", "DELETE", "-w", "\n%{http_code}", f"{server.url}/fed/mix/del.dat")
+        body, _, code = out.stdout.rpartition("\n")
+        assert code == "502"
+        assert "deleted on triumf" in body and "cern: endpoint is read-only" in body
+    assert not (sites.roots["triumf"] / "mix" / "del.dat").exists()
+    assert (sites.roots["cern"] / "mix" / "del.dat").exists()
