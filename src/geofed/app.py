@@ -35,7 +35,7 @@ def build_app(
     federation = Federation(settings)
     access_log = AccessLog(access_stream or sys.stderr) if settings.server.access_log else None
     frontend = FederationFrontEnd(federation, settings.server, access_log)
-    data_route = DataRoute(federation)
+    data_route = DataRoute(federation, access_log, frontend.client_address)
 
     app = web.Application(handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE})
     app[FEDERATION_KEY] = federation

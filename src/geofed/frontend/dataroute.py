@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -29,6 +30,7 @@ from geofed.errors import (
     ServiceUnavailable,
 )
 from geofed.federation.paths import check_raw_path, normalise
+from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.handlers import error_response
 from geofed.runtime import Federation
 
@@ -36,14 +38,28 @@ _CHUNK = 1 << 20
 
 
 class DataRoute:
-    def __init__(self, federation: Federation) -> None:
+    def __init__(
+        self,
+        federation: Federation,
+        access_log: AccessLog | None = None,
+        client_address: Callable[[web.Request], str | None] | None = None,
+    ) -> None:
         self.fed = federation
+        self._access = access_log
+        self._client_address = client_address
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
-            return await self._handle(request)
+            response = await self._handle(request)
         except HTTPError as exc:
-            return error_response(exc)
+            response = error_response(exc)
+        if self._access is not None:
+            client = self._client_address(request) if self._client_address else request.remote
+            endpoint = request.match_info.get("endpoint")
+            self._access.record(
+                request.method, request.path, client, None, response.status, "data", endpoint, None
+            )
+        return response
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         check_raw_path(request.raw_path)
