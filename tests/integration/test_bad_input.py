@@ -62,7 +62,12 @@ def status_and_body(*args: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize(
     "path",
-    ["/fed/../secret.txt", "/fed/data/../../secret.txt", "/fed/%2e%2e/secret.txt", "/fed/data%2f..%2f..%2fsecret.txt"],
+    [
+        "/fed/../secret.txt",
+        "/fed/data/../../secret.txt",
+        "/fed/%2e%2e/secret.txt",
+        "/fed/data%2f..%2f..%2fsecret.txt",
+    ],
 )
 def test_dot_dot_and_encoded_slashes_are_refused(server: GeofedServer, path: str) -> None:
     for method in ("GET", "PUT", "DELETE", "PROPFIND"):
@@ -81,7 +86,9 @@ def test_data_route_refuses_traversal_and_unsigned_access(server: GeofedServer, 
     assert status in (400, 403, 404)
     status, body = status_and_body(f"{server.url}/_geofed/data/site/data/ok.txt")
     assert status == 403 and "signature" in body
-    status, body = status_and_body("-X", "PUT", "--data-binary", "x", f"{server.url}/_geofed/data/site/evil.txt")
+    status, body = status_and_body(
+        "-X", "PUT", "--data-binary", "x", f"{server.url}/_geofed/data/site/evil.txt"
+    )
     assert status == 403
     assert not (tree / "site" / "evil.txt").exists()
 
@@ -143,17 +150,28 @@ def test_unsupported_method_is_405_with_allow(server: GeofedServer) -> None:
 
 
 def test_truncated_upload_leaves_nothing(server: GeofedServer, tree: Path) -> None:
-    out = curl("-D", "-", "-o", "/dev/null", "-X", "PUT", "-H", "Expect: 100-continue", "-H", "Content-Length: 10",
-               f"{server.url}/fed/data/partial.bin")
+    out = curl(
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        "-X",
+        "PUT",
+        "-H",
+        "Expect: 100-continue",
+        "-H",
+        "Content-Length: 10",
+        f"{server.url}/fed/data/partial.bin",
+    )
     location = next(
-        line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.lower().startswith("location:")
+        line.split(":", 1)[1].strip()
+        for line in out.stdout.splitlines()
+        if line.lower().startswith("location:")
     )
     # send 4 of the 10 declared bytes, then close the connection
     host_port, _, rest = location.removeprefix("http://").partition("/")
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(
-            f"PUT /{rest} HTTP/1.1\r\nHost: {host_port}\r\nContent-Length: 10\r\n\r\nabcd".encode()
-        )
+        sock.sendall(f"PUT /{rest} HTTP/1.1\r\nHost: {host_port}\r\nContent-Length: 10\r\n\r\nabcd".encode())
     # the server notices the closed connection and removes its temporary file (bounded wait)
     deadline = time.monotonic() + 5
     while True:

@@ -58,8 +58,8 @@ def test_mount_points_show_as_collections(geofed: GeofedServer) -> None:
 def test_html_listing_for_browsers(geofed: GeofedServer) -> None:
     out = curl("-D", "-", f"{geofed.url}/fed/mix")
     assert "Content-Type: text/html; charset=utf-8" in out.stdout
-    assert '<a href="a.dat">a.dat</a>' in out.stdout
-    assert '<a href="sub/">sub/</a>' in out.stdout
+    assert '<a href="/fed/mix/a.dat">a.dat</a>' in out.stdout
+    assert '<a href="/fed/mix/sub/">sub/</a>' in out.stdout
 
 
 def test_propfind_depth1_lists_union_with_client_hrefs(geofed: GeofedServer) -> None:

@@ -50,11 +50,16 @@ def test_each_client_is_sent_to_its_nearest_site(geofed: GeofedServer, sites: Si
 
 
 def test_alternatives_are_offered_in_link_headers(geofed: GeofedServer, sites: Sites) -> None:
-    out = curl("-D", "-", "-o", "/dev/null", "--interface", client_ip("uvic"), f"{geofed.url}/fed/data/common.dat")
+    out = curl(
+        "-D", "-", "-o", "/dev/null", "--interface", client_ip("uvic"), f"{geofed.url}/fed/data/common.dat"
+    )
     links = [line for line in out.stdout.splitlines() if line.lower().startswith("link:")]
     assert len(links) == 1
     parts = links[0].split(":", 1)[1].split(",")
-    assert [p.strip().split(";", 1)[1].strip() for p in parts] == ["rel=duplicate; pri=1", "rel=duplicate; pri=2"]
+    assert [p.strip().split(";", 1)[1].strip() for p in parts] == [
+        "rel=duplicate; pri=1",
+        "rel=duplicate; pri=2",
+    ]
     # next nearest to Victoria is Vancouver, then Geneva
     assert sites.urls["triumf"] in parts[0]
     assert "/_geofed/data/cern/" in parts[1]

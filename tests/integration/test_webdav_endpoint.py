@@ -18,12 +18,12 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.infra.servers import RunningServer
 
 from geofed.config import EndpointSettings
 from geofed.endpoints.base import Entry
 from geofed.endpoints.webdav import WebDAVEndpoint
 from geofed.errors import EndpointRefused, EndpointUnavailable, PathNotFound
+from tests.infra.servers import RunningServer
 
 pytestmark = pytest.mark.integration
 

@@ -358,10 +358,11 @@ class FederationFrontEnd:
         response.charset = "utf-8"
         await response.prepare(request)
         outcome = ListingOutcome()
-        chunk = listing_html.json_head(path) if as_json else listing_html.html_head(path)
+        base = listing_html.collection_base(request.raw_path)
+        chunk = listing_html.json_head(path) if as_json else listing_html.html_head(path, base)
         first = True
         async for entry in self.listings.entries(path, outcome):
-            chunk += listing_html.json_entry(entry, first) if as_json else listing_html.html_row(entry)
+            chunk += listing_html.json_entry(entry, first) if as_json else listing_html.html_row(entry, base)
             first = False
             if len(chunk) >= _FLUSH_BYTES:
                 await response.write(chunk.encode())

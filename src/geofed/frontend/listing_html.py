@@ -16,9 +16,19 @@ _STYLE = (
 )
 
 
-def html_head(path: str) -> str:
+def collection_base(raw_path: str) -> str:
+    """The collection's URL path with one trailing slash, as the client spelled it.
+
+    Links are absolute paths built on it, so they resolve whether or not the page was requested
+    with a trailing slash.
+    """
+    return raw_path.split("?", 1)[0].rstrip("/") + "/"
+
+
+def html_head(path: str, base: str) -> str:
     title = html.escape(path)
-    up = "" if path == "/" else '<tr><td><a href="../">../</a></td><td></td><td></td></tr>'
+    up_href = html.escape(base.rstrip("/").rsplit("/", 1)[0] + "/", quote=True)
+    up = "" if path == "/" else f'<tr><td><a href="{up_href}">../</a></td><td></td><td></td></tr>'
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>Index of {title}</title>"
         f"<style>{_STYLE}</style></head><body><h1>Index of {title}</h1>"
@@ -27,13 +37,13 @@ def html_head(path: str) -> str:
     )
 
 
-def html_row(entry: Entry) -> str:
+def html_row(entry: Entry, base: str) -> str:
     name = entry.name + ("/" if entry.stat.is_dir else "")
+    href = html.escape(base + quote(name), quote=True)
     size = "" if entry.stat.is_dir or entry.stat.size is None else f"{entry.stat.size:,}"
     mtime = "" if entry.stat.mtime is None else email.utils.formatdate(entry.stat.mtime, usegmt=True)
     return (
-        f'<tr><td><a href="{quote(name)}">{html.escape(name)}</a></td>'
-        f'<td class="n">{size}</td><td>{mtime}</td></tr>'
+        f'<tr><td><a href="{href}">{html.escape(name)}</a></td><td class="n">{size}</td><td>{mtime}</td></tr>'
     )
 
 
