@@ -8,7 +8,7 @@ run:
 test:
 	@bash scripts/install-test-deps.sh
 	@bash scripts/venv.sh test
-	.venv/bin/ruff check src tests bench
+	.venv/bin/ruff check src tests $(wildcard bench)
 	.venv/bin/mypy
 	.venv/bin/pytest -q -p no:cacheprovider
 
@@ -17,8 +17,8 @@ unit:
 	.venv/bin/pytest -q tests/unit
 
 lint:
-	.venv/bin/ruff check src tests bench
-	.venv/bin/ruff format --check src tests bench
+	.venv/bin/ruff check src tests $(wildcard bench)
+	.venv/bin/ruff format --check src tests $(wildcard bench)
 
 typecheck:
 	.venv/bin/mypy
