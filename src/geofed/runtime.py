@@ -26,10 +26,10 @@ from geofed.signing import URLSigner
 log = logging.getLogger("geofed")
 
 
-def build_endpoint(settings: EndpointSettings, signer: URLSigner, url_lifetime: float) -> Endpoint:
+def build_endpoint(settings: EndpointSettings, signer: URLSigner) -> Endpoint:
     """The endpoint object for one configured endpoint, by kind."""
     if settings.kind == "local":
-        return LocalEndpoint(settings, signer, url_lifetime)
+        return LocalEndpoint(settings, signer)
     from geofed.endpoints.webdav import WebDAVEndpoint
 
     return WebDAVEndpoint(settings)
@@ -43,7 +43,10 @@ class Federation:
         self.signer = URLSigner(settings.signing.secret)
         self.url_lifetime = settings.signing.url_lifetime
         self.endpoints: dict[str, Endpoint] = {
-            e.name: build_endpoint(e, self.signer, self.url_lifetime) for e in settings.endpoints
+            e.name: build_endpoint(e, self.signer) for e in settings.endpoints
+        }
+        self.url_lifetimes: dict[str, float] = {
+            e.name: e.url_lifetime or self.url_lifetime for e in settings.endpoints
         }
         self.namespace = Namespace(settings.endpoints)
         self.geo_db = GeoDatabase(settings.geoip.database) if settings.geoip.database else None
@@ -98,7 +101,7 @@ class Federation:
         """Rank the writable endpoints that serve ``path`` as upload destinations."""
         candidates = []
         for name, endpoint in self.endpoints.items():
-            if not endpoint.settings.writable:
+            if not endpoint.settings.writable or not endpoint.capabilities.redirect_put:
                 continue
             local = self.namespace.translate(path, name)
             if local is not None:

@@ -192,3 +192,60 @@ async def test_down_endpoints_are_not_asked() -> None:
     result = await locator.locate("/f", Want.ALL)
     assert [r.endpoint for r in result.replicas] == ["uvic"]
     assert down.calls == 0
+
+
+async def test_answer_recorded_before_the_waiter_resumes_is_not_lost() -> None:
+    """The last answer may arrive between a waiter deciding to wait and its wait starting."""
+    from geofed.federation.locator import _Fanout
+    from geofed.federation.namespace import Target
+
+    fanout = _Fanout("/x", [Target("a", "/x"), Target("b", "/x")], time.monotonic() + 1.0)
+
+    async def waiter() -> float:
+        started = time.monotonic()
+        while fanout.pending:
+            await asyncio.wait_for(fanout.changed(), fanout.deadline - time.monotonic())
+        return time.monotonic() - started
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0.01)
+    fanout.record("a")
+    for _ in range(3):  # the waiter has called wait_for() but its inner task has not run yet
+        await asyncio.sleep(0)
+    fanout.record("b")
+    assert await task < 0.5
+
+
+async def test_down_endpoint_makes_the_answer_unknown_not_absent() -> None:
+    down = ScriptedEndpoint("cern", 0.01, {"/f"})
+    up = ScriptedEndpoint("uvic", 0.01, set())
+    locator = make_locator([down, up])
+    locator._health.states["cern"].up = False
+    locator._health.states["cern"].last_error = "connection refused"
+    locator._health._refresh("cern")
+    result = await locator.locate("/f", Want.ALL)
+    assert result.replicas == ()
+    assert result.unknown == (("cern", "endpoint down: connection refused"),)
+    await asyncio.sleep(0.01)
+    assert locator.cached("/f") is None
+
+
+async def test_invalidation_reaches_every_ancestor() -> None:
+    endpoint = ScriptedEndpoint("cern", 0.0, set())
+    locator = make_locator([endpoint])
+    for path in ("/a", "/a/b", "/a/b/c"):
+        await locator.locate(path, Want.FIRST)
+    await asyncio.sleep(0.01)
+    assert all(locator.cached(p) is not None for p in ("/a", "/a/b", "/a/b/c"))
+    locator.invalidate("/a/b/c/new.dat", writing=True)
+    assert all(locator.cached(p) is None for p in ("/a", "/a/b", "/a/b/c"))
+
+
+async def test_fresh_locate_ignores_the_cache() -> None:
+    endpoint = ScriptedEndpoint("cern", 0.0, set())
+    locator = make_locator([endpoint])
+    await locator.locate("/f", Want.ALL)
+    await asyncio.sleep(0.01)
+    endpoint.has.add("/f")
+    assert (await locator.locate("/f", Want.ALL)).replicas == ()
+    assert (await locator.locate("/f", Want.ALL, use_cache=False)).replicas

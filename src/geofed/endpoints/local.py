@@ -34,11 +34,10 @@ def _stat_result(st: os.stat_result) -> StatResult:
 class LocalEndpoint(Endpoint):
     """A directory tree on this host."""
 
-    def __init__(self, settings: EndpointSettings, signer: URLSigner, url_lifetime: float) -> None:
+    def __init__(self, settings: EndpointSettings, signer: URLSigner) -> None:
         super().__init__(settings)
         self.root = Path(unquote(urlsplit(settings.url).path)).resolve()
         self._signer = signer
-        self._lifetime = settings.url_lifetime or url_lifetime
 
     def resolve(self, path: str) -> Path:
         """The filesystem path for an endpoint path, refusing anything that escapes the root."""

@@ -21,8 +21,9 @@ import dataclasses
 import enum
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from geofed.config import CacheSettings, Location
 from geofed.endpoints.base import Endpoint, Entry, StatResult
@@ -91,8 +92,10 @@ class _Fanout:
         wakeup, self._wakeup = self._wakeup, asyncio.Event()
         wakeup.set()
 
-    async def changed(self) -> None:
-        await self._wakeup.wait()
+    def changed(self) -> Coroutine[Any, Any, bool]:
+        """A wait for the next answer, bound to the event *now*: an answer recorded before the
+        waiting task first runs still wakes it (an ``async def`` here would lose it)."""
+        return self._wakeup.wait()
 
     def snapshot(self) -> LocateResult:
         unknown = tuple(sorted(self.errors.items()))
@@ -138,10 +141,14 @@ class Locator:
         """The cached answer for ``path``, if any (the hot path of a warm redirect)."""
         return self._cache.get(path)
 
-    async def locate(self, path: str, want: Want, client: ClientPlacement | None = None) -> LocateResult:
-        cached = self._cache.get(path)
-        if cached is not None:
-            return cached
+    async def locate(
+        self, path: str, want: Want, client: ClientPlacement | None = None, *, use_cache: bool = True
+    ) -> LocateResult:
+        """Where ``path`` is; ``use_cache=False`` asks the endpoints afresh (before a DELETE)."""
+        if use_cache:
+            cached = self._cache.get(path)
+            if cached is not None:
+                return cached
         fanout = self._inflight.get(path)
         if fanout is None:
             fanout = self._start(path)
@@ -167,12 +174,17 @@ class Locator:
         With ``writing``, negative answers for the path are not cached for a while: the client is
         uploading to the endpoint right now and must not be told 404 from the cache afterwards.
         """
-        self._cache.discard(path)
-        self._listings.discard(path)
-        self._listings.discard(parent(path))
-        fanout = self._inflight.pop(path, None)
-        if fanout is not None:
-            fanout.stale = True
+        # Ancestors too: a write may have created missing parent collections on the endpoint.
+        current = path
+        while True:
+            self._cache.discard(current)
+            self._listings.discard(current)
+            fanout = self._inflight.pop(current, None)
+            if fanout is not None:
+                fanout.stale = True
+            if current == "/":
+                break
+            current = parent(current)
         if writing:
             now = time.monotonic()
             if len(self._writes) > 10000:
@@ -185,9 +197,14 @@ class Locator:
         return until is not None and until > time.monotonic()
 
     def _start(self, path: str) -> _Fanout:
-        names = [n for n in self._readable if self._health.is_usable(n)]
-        targets = self._namespace.targets(path, names)
+        unusable = self._health.unavailable
+        candidates = self._namespace.targets(path, self._readable)
+        targets = [t for t in candidates if t.endpoint not in unusable]
         fanout = _Fanout(path, targets, time.monotonic() + self._timeout)
+        # An endpoint that is down may hold the path: its answer is unknown, not "absent".
+        for target in candidates:
+            if target.endpoint in unusable:
+                fanout.errors[target.endpoint] = unusable[target.endpoint]
         self._inflight[path] = fanout
         task = asyncio.create_task(self._run(fanout, targets))
         self._background.add(task)

@@ -147,6 +147,11 @@ class FederationFrontEnd:
             return (self._public_url or f"{request.scheme}://{request.host}") + url
         return url
 
+    def _signed(self, request: web.Request, method: str, endpoint: str, path: str) -> str:
+        """An absolute URL signed by ``endpoint`` for ``method`` with that endpoint's lifetime."""
+        url = self.fed.endpoints[endpoint].sign_url(method, path, self.fed.url_lifetimes[endpoint])
+        return self._absolute(request, url)
+
     async def _locate(
         self, path: str, want: Want, client: ClientPlacement | None, note: Note
     ) -> LocateResult:
@@ -195,16 +200,11 @@ class FederationFrontEnd:
             reasons = "; ".join(f"{r.endpoint}: {r.reason}" for r in ranking.rejected)
             raise ServiceUnavailable(f"no replica of {path} can be served now ({reasons})")
         best = ranking.accepted[0]
-        lifetime = self.fed.url_lifetime
-        endpoints = self.fed.endpoints
-        headers = {
-            "Location": self._absolute(request, endpoints[best.endpoint].sign_url("GET", best.path, lifetime))
-        }
+        headers = {"Location": self._signed(request, "GET", best.endpoint, best.path)}
         alternatives = ranking.accepted[1 : 1 + self._max_alternatives]
         if alternatives:
             headers["Link"] = ", ".join(
-                f"<{self._absolute(request, endpoints[alt.endpoint].sign_url('GET', alt.path, lifetime))}>"
-                f"; rel=duplicate; pri={i}"
+                f"<{self._signed(request, 'GET', alt.endpoint, alt.path)}>; rel=duplicate; pri={i}"
                 for i, alt in enumerate(alternatives, start=1)
             )
         note.decision, note.endpoint = "redirect", best.endpoint
@@ -253,7 +253,7 @@ class FederationFrontEnd:
         except EndpointError as exc:
             raise _endpoint_http_error(exc, f"cannot create the parent collection of {path}") from exc
         self.fed.locator.invalidate(path, writing=True)
-        location = self._absolute(request, endpoint.sign_url("PUT", best.path, self.fed.url_lifetime))
+        location = self._signed(request, "PUT", best.endpoint, best.path)
         note.decision, note.endpoint = "redirect", best.endpoint
         response = web.Response(status=307, headers={"Location": location})
         length = request.content_length
@@ -268,14 +268,15 @@ class FederationFrontEnd:
     async def delete(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
         if path == "/" or self.fed.namespace.is_mount_point(path):
             raise Forbidden(f"{path} is a mount point of the federation and cannot be deleted")
-        result = await self._locate(path, Want.ALL, None, note)
+        result = await self.fed.locator.locate(path, Want.ALL, None, use_cache=False)
+        note.locate_seconds = result.elapsed
         if not result.replicas:
             raise self._missing(path, result)
         failures: list[str] = [f"{name}: {why} (its replica may remain)" for name, why in result.unknown]
         deleted: list[str] = []
         for replica in result.replicas:
             endpoint = self.fed.endpoints[replica.endpoint]
-            if not endpoint.settings.writable:
+            if not endpoint.settings.writable or not endpoint.capabilities.delete:
                 failures.append(f"{replica.endpoint}: endpoint is read-only")
                 continue
             try:
