@@ -113,3 +113,33 @@ def wait_for_state(server: GeofedServer, name: str, state: str, limit: float = 5
             return doc
         time.sleep(0.05)
     raise AssertionError(f"{name} did not become {state} within {limit} s")
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies(sites: Sites) -> None:
+    settings = sites.settings(server={"trusted_proxies": ["127.0.0.1/32"]})
+    with GeofedServer(settings) as server:
+        url = f"{server.url}/fed/data/common.dat"
+        via_proxy = curl(
+            "--interface",
+            "127.0.0.1",
+            "-H",
+            f"X-Forwarded-For: {client_ip('uvic')}",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{redirect_url}",
+            url,
+        ).stdout
+        assert endpoint_of(via_proxy, sites) == "uvic"
+        spoofed = curl(
+            "--interface",
+            client_ip("triumf"),
+            "-H",
+            f"X-Forwarded-For: {client_ip('cern')}",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{redirect_url}",
+            url,
+        ).stdout
+        assert endpoint_of(spoofed, sites) == "triumf"
