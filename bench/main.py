@@ -1,0 +1,82 @@
+"""Command line of the benchmarks (entry point: ``bench/run.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.cold import MAX_PATHS, ColdOptions, ColdResults, run_cold
+from bench.procs import shared_tmpdir
+from bench.report import machine_busy, table, versions
+from bench.warm import WarmOptions, WarmResults, run_warm
+
+FULL = {"duration": 5, "rounds": 3, "warmup": 2, "paths": 100}
+BUSY_WARNING = 0.05
+QUICK = {"duration": 1, "rounds": 2, "warmup": 1, "paths": 10}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short durations: a smoke run (~30 s)")
+    parser.add_argument("--only", choices=("warm", "cold"), help="run one benchmark only")
+    parser.add_argument("--duration", type=int, help="whole seconds per wrk run (default 5, quick 1)")
+    parser.add_argument("--rounds", type=int, help="wrk rounds per server and mode (default 3, quick 2)")
+    parser.add_argument("--paths", type=int, help="uncached paths for the cold benchmark (default 100)")
+    parser.add_argument("--json", type=Path, help="also write the raw results to this JSON file")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key in ("duration", "rounds", "paths"):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
+    args.warmup = min(defaults["warmup"], args.duration)
+    if not 1 <= args.duration <= 600 or not 1 <= args.rounds <= 20 or not 1 <= args.paths <= MAX_PATHS:
+        parser.error(f"need 1 <= --duration <= 600, 1 <= --rounds <= 20, 1 <= --paths <= {MAX_PATHS}")
+    return args
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    started = time.monotonic()
+    command = shlex.join(
+        [Path(sys.executable).name, "bench/run.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    print(table(["component", "version"], versions(), "geofed benchmarks -- " + command))
+    print()
+    busy = machine_busy()
+    print(f"other load before the run: {busy:.0%} of all CPUs busy while idle", end="")
+    print("  -- WARNING: the machine is not idle, expect noisy figures" if busy > BUSY_WARNING else "")
+    print()
+    warm: WarmResults | None = None
+    cold: ColdResults | None = None
+    if args.only in (None, "warm"):
+        _log("running: warm GET -> 302 throughput ...")
+        with shared_tmpdir("geofed-bench-warm-") as work:
+            warm = run_warm(work, WarmOptions(args.duration, args.rounds, args.warmup), _log)
+        print(warm.render())
+        print()
+    if args.only in (None, "cold"):
+        _log("running: cold locate ...")
+        with shared_tmpdir("geofed-bench-cold-") as work:
+            cold = run_cold(work, ColdOptions(args.paths), _log)
+        print(cold.render())
+        print()
+    busy = machine_busy()
+    print(f"other load after the run: {busy:.0%} of all CPUs busy while idle")
+    print(f"total time {time.monotonic() - started:.0f} s")
+    if args.json is not None:
+        document: dict[str, Any] = {"command": command, "versions": dict(versions())}
+        document["warm"] = None if warm is None else asdict(warm)
+        document["cold"] = None if cold is None else asdict(cold)
+        args.json.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    problems = (warm.problems if warm else []) + (cold.problems if cold else [])
+    return 1 if problems else 0
