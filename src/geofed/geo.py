@@ -40,6 +40,13 @@ class ClientPlacement:
     preferred_endpoint: str | None = None
     source: str = "unknown"
 
+    @property
+    def key(self) -> tuple[float | None, float | None, str | None]:
+        """Equal for placements that rank replicas identically (a cache key)."""
+        if self.location is None:
+            return (None, None, self.preferred_endpoint)
+        return (self.location.lat, self.location.lon, self.preferred_endpoint)
+
 
 UNPLACED = ClientPlacement(None, None, "unknown")
 

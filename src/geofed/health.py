@@ -62,6 +62,8 @@ class HealthMonitor:
         self._settings = settings
         self.states = {name: EndpointState(name) for name in endpoints}
         self._unavailable: dict[str, str] = {}
+        self.generation = 0
+        """Changes whenever the set of unusable endpoints changes (invalidates cached rankings)."""
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -126,12 +128,15 @@ class HealthMonitor:
 
     def _refresh(self, name: str) -> None:
         state = self.states[name]
+        before = self._unavailable.get(name)
         if state.disabled:
             self._unavailable[name] = "endpoint disabled by an administrator"
         elif state.up is False:
             self._unavailable[name] = f"endpoint down: {state.last_error}"
         else:
             self._unavailable.pop(name, None)
+        if self._unavailable.get(name) != before:
+            self.generation += 1
 
     async def _loop(self, name: str) -> None:
         while True:

@@ -50,3 +50,26 @@ def test_is_within_is_segment_wise() -> None:
     assert is_within("/atlas", "/atlas")
     assert not is_within("/atlasx", "/atlas")
     assert is_within("/anything", "/")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["/", "/a/b", "/a/b/", "//a", "/a/./b", "/a%20b", "/ü/x", "/a/.hidden", "/a\\b", "/a%2fb", "/../x", "/a\x00",
+     "/a/..", "/" + "x" * 5000, "/a?q=%2F"],
+)
+def test_request_path_fast_exit_agrees_with_full_checks(raw: str) -> None:
+    from urllib.parse import unquote
+
+    from geofed.federation.paths import request_path
+
+    decoded = unquote(raw.split("?", 1)[0])
+    try:
+        check_raw_path(raw)
+        expected: str | type[BadRequest] = normalise(decoded)
+    except BadRequest:
+        expected = BadRequest
+    if expected is BadRequest:
+        with pytest.raises(BadRequest):
+            request_path(raw, decoded)
+    else:
+        assert request_path(raw, decoded) == expected

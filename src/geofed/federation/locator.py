@@ -22,7 +22,7 @@ import enum
 import logging
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from geofed.config import CacheSettings, Location
@@ -60,6 +60,9 @@ class LocateResult:
     complete: bool
     elapsed: float
     cached: bool = False
+    redirects: dict[object, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """Prepared redirects for this answer, per client placement (see frontend.redirect); they are
+    dropped with the answer when it expires or is invalidated."""
 
     @property
     def is_dir(self) -> bool:

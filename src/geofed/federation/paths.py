@@ -27,6 +27,24 @@ def check_raw_path(raw_path: str) -> None:
         raise BadRequest(f"path longer than {MAX_PATH_LENGTH} characters")
 
 
+def request_path(raw_path: str, decoded_path: str) -> str:
+    """The normalised federated path of a request, checked as :func:`check_raw_path` and
+    :func:`normalise` do, with a fast exit for the common clean path (this runs on every request)."""
+    if (
+        "%" in raw_path
+        or "/." in decoded_path
+        or "//" in decoded_path
+        or "\\" in decoded_path
+        or len(raw_path) > MAX_PATH_LENGTH
+        or (decoded_path.endswith("/") and decoded_path != "/")
+        or not decoded_path.isprintable()
+        or not decoded_path.startswith("/")
+    ):
+        check_raw_path(raw_path)
+        return normalise(decoded_path)
+    return decoded_path
+
+
 def normalise(path: str) -> str:
     """The canonical form of a decoded federated path; BadRequest when it is unsafe."""
     if not path.startswith("/"):

@@ -47,8 +47,15 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class Ranking:
+    """Accepted replicas best first, rejected ones with reasons.
+
+    ``interchangeable`` is how many leading accepted replicas are equally good (the fuzz group, or
+    every replica for an unplaced client): a cached ranking may pick any of them per request.
+    """
+
     accepted: tuple[Ranked, ...]
     rejected: tuple[Rejected, ...]
+    interchangeable: int = 1
 
     @property
     def best(self) -> Ranked | None:
@@ -85,17 +92,20 @@ def rank(
         shuffled = list(usable)
         rng.shuffle(shuffled)
         rest = [Ranked(c.endpoint, c.path, None, "client location unknown: random order") for c in shuffled]
-        return Ranking(tuple(preferred + rest), tuple(rejected))
+        group = 1 if preferred else max(1, len(rest))
+        return Ranking(tuple(preferred + rest), tuple(rejected), group)
 
     placed = [(great_circle_km(client.location, c.location), c) for c in usable if c.location is not None]
     placed.sort(key=lambda pair: pair[0])
     ordered: list[Ranked] = []
+    group = 1
     if placed:
         closest = placed[0][0]
         near = [pair for pair in placed if pair[0] <= closest + fuzz_km]
         far = placed[len(near) :]
         if len(near) > 1:
             rng.shuffle(near)
+            group = 1 if preferred else len(near)
         for distance, c in near:
             reason = (
                 f"closest ({distance:.0f} km)"
@@ -110,4 +120,4 @@ def rank(
     ordered.extend(
         Ranked(c.endpoint, c.path, None, "endpoint location unknown: ranked last") for c in unplaced
     )
-    return Ranking(tuple(preferred + ordered), tuple(rejected))
+    return Ranking(tuple(preferred + ordered), tuple(rejected), group)

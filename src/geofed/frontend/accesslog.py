@@ -1,8 +1,8 @@
 """One access-log line per request, written without slowing the request down.
 
-Lines are formatted on the request path (a single f-string) and flushed to the stream in batches
-by a background task, because a synchronous write or a logging.Handler per request costs more than
-the federation logic itself on a warm redirect.
+On the request path a record is only a tuple appended to a list; a background task formats the
+lines and writes them in batches, because formatting, a synchronous write or a logging.Handler per
+request would cost more than the federation logic itself on a warm redirect.
 
 Format (space separated, ``-`` for unknown)::
 
@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from typing import TextIO
 from urllib.parse import quote
 
+_Record = tuple[float, str, str, str | None, str | None, int, str, str | None, float | None]
+_MAX_PENDING = 8192
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9/._~+-]*")
+
 
 class AccessLog:
     def __init__(self, stream: TextIO | None = None, flush_interval: float = 0.5) -> None:
         self._stream = stream or sys.stderr
-        self._lines: list[str] = []
+        self._records: list[_Record] = []
         self._interval = flush_interval
         self._task: asyncio.Task[None] | None = None
         self._stamp_second = -1
@@ -39,24 +44,31 @@ class AccessLog:
         endpoint: str | None,
         locate_seconds: float | None,
     ) -> None:
-        now = int(time.time())
-        if now != self._stamp_second:
-            self._stamp_second = now
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        locate = "-" if locate_seconds is None else f"{locate_seconds * 1000:.1f}ms"
-        self._lines.append(
-            f"{self._stamp} {client or '-'} {identity or '-'} {method} {quote(path)} {status} "
-            f"{decision} {endpoint or '-'} {locate}\n"
+        self._records.append(
+            (time.time(), method, path, client, identity, status, decision, endpoint, locate_seconds)
         )
-        if len(self._lines) >= 4096:
+        if len(self._records) >= _MAX_PENDING:
             self.flush()
 
     def flush(self) -> None:
-        if self._lines:
-            lines, self._lines = self._lines, []
-            with contextlib.suppress(OSError, ValueError):
-                self._stream.write("".join(lines))
-                self._stream.flush()
+        if not self._records:
+            return
+        records, self._records = self._records, []
+        lines = []
+        for when, method, path, client, identity, status, decision, endpoint, locate in records:
+            second = int(when)
+            if second != self._stamp_second:
+                self._stamp_second = second
+                self._stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+            shown_path = path if _PLAIN_PATH.fullmatch(path) else quote(path)
+            locate_text = "-" if locate is None else f"{locate * 1000:.1f}ms"
+            lines.append(
+                f"{self._stamp} {client or '-'} {identity or '-'} {method} {shown_path} {status} "
+                f"{decision} {endpoint or '-'} {locate_text}\n"
+            )
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.write("".join(lines))
+            self._stream.flush()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._flusher())

@@ -16,6 +16,7 @@ from geofed.geo import normalise_ip
 class ClientAddressResolver:
     def __init__(self, trusted_proxies: Iterable[str]) -> None:
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+        self.enabled = bool(self._trusted)
 
     def _is_trusted(self, address: str) -> bool:
         ip = normalise_ip(address)

@@ -33,10 +33,11 @@ from geofed.errors import (
 )
 from geofed.federation.listing import ListingMerger, ListingOutcome
 from geofed.federation.locator import LocateResult, Want
-from geofed.federation.paths import basename, check_raw_path, normalise, parent
+from geofed.federation.paths import basename, parent, request_path
 from geofed.frontend import listing_html, propfind
 from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.clientaddr import ClientAddressResolver
+from geofed.frontend.redirect import MAX_PREPARED_PER_ANSWER, prepare_redirect
 from geofed.geo import ClientPlacement
 from geofed.runtime import Federation
 
@@ -48,9 +49,10 @@ _FLUSH_BYTES = 65536
 class Note:
     """What a handler decided, for the access log."""
 
-    __slots__ = ("decision", "endpoint", "locate_seconds")
+    __slots__ = ("client", "decision", "endpoint", "locate_seconds")
 
-    def __init__(self) -> None:
+    def __init__(self, client: str | None = None) -> None:
+        self.client = client
         self.decision = "-"
         self.endpoint: str | None = None
         self.locate_seconds: float | None = None
@@ -90,20 +92,22 @@ class FederationFrontEnd:
             "PROPFIND": self.propfind,
             "OPTIONS": self.options,
         }
+        # bound once: the warm GET path calls these on every request
+        self._place = federation.clients.place
+        self._cached = federation.locations_cache.get
         self._max_alternatives = fs.federation.max_alternatives
         self._retry_after = fs.federation.retry_after
 
     # -- entry points -------------------------------------------------------------------------
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        note = Note()
+        note = Note(self.client_address(request))
         path = request.path
         try:
             handler = self._methods.get(request.method)
             if handler is None:
                 raise MethodNotAllowed(f"{request.method} is not supported here", headers={"Allow": ALLOWED})
-            check_raw_path(request.raw_path)
-            path = normalise(path)
+            path = request_path(request.raw_path, path)
             response = await handler(request, path, note)
         except HTTPError as exc:
             note.decision = "error"
@@ -112,7 +116,7 @@ class FederationFrontEnd:
             self._access.record(
                 request.method,
                 path,
-                self.client_address(request),
+                note.client,
                 None,
                 response.status,
                 note.decision,
@@ -137,10 +141,9 @@ class FederationFrontEnd:
     # -- helpers ------------------------------------------------------------------------------
 
     def client_address(self, request: web.Request) -> str | None:
+        if not self._addresses.enabled:
+            return request.remote
         return self._addresses.resolve(request.remote, request.headers.get("X-Forwarded-For"))
-
-    def _placement(self, request: web.Request) -> ClientPlacement:
-        return self.fed.clients.place(self.client_address(request))
 
     def _absolute(self, request: web.Request, url: str) -> str:
         if url.startswith("/"):
@@ -184,12 +187,18 @@ class FederationFrontEnd:
     # -- methods ------------------------------------------------------------------------------
 
     async def get(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
-        placement = self._placement(request)
-        result = self.fed.locator.cached(path)
-        if result is None:
-            result = await self._locate(path, Want.CLOSEST, placement, note)
-        else:
+        placement = self._place(note.client)
+        result = self._cached(path)
+        key = (placement.key, self._public_url or request.host)
+        if result is not None:
             note.locate_seconds = 0.0
+            prepared = result.redirects.get(key)
+            if prepared is not None and prepared.usable(self.fed.health.generation):
+                headers, note.endpoint = prepared.pick(self.fed.rng)
+                note.decision = "redirect"
+                return web.Response(status=302, headers=headers)
+        else:
+            result = await self._locate(path, Want.CLOSEST, placement, note)
         if not result.files:
             if result.replicas or self.fed.namespace.is_mount_point(path):
                 note.decision = "listing"
@@ -199,15 +208,20 @@ class FederationFrontEnd:
         if not ranking.accepted:
             reasons = "; ".join(f"{r.endpoint}: {r.reason}" for r in ranking.rejected)
             raise ServiceUnavailable(f"no replica of {path} can be served now ({reasons})")
-        best = ranking.accepted[0]
-        headers = {"Location": self._signed(request, "GET", best.endpoint, best.path)}
-        alternatives = ranking.accepted[1 : 1 + self._max_alternatives]
-        if alternatives:
-            headers["Link"] = ", ".join(
-                f"<{self._signed(request, 'GET', alt.endpoint, alt.path)}>; rel=duplicate; pri={i}"
-                for i, alt in enumerate(alternatives, start=1)
+
+        def sign(endpoint: str, endpoint_path: str, extra: float) -> str:
+            lifetime = self.fed.url_lifetimes[endpoint] + extra
+            return self._absolute(
+                request, self.fed.endpoints[endpoint].sign_url("GET", endpoint_path, lifetime)
             )
-        note.decision, note.endpoint = "redirect", best.endpoint
+
+        prepared = prepare_redirect(ranking, sign, self._max_alternatives, self.fed.health.generation)
+        if result.cached:
+            if len(result.redirects) >= MAX_PREPARED_PER_ANSWER:
+                result.redirects.clear()
+            result.redirects[key] = prepared
+        headers, note.endpoint = prepared.pick(self.fed.rng)
+        note.decision = "redirect"
         return web.Response(status=302, headers=headers)
 
     async def head(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
@@ -234,7 +248,7 @@ class FederationFrontEnd:
     async def put(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
         if path == "/" or self.fed.namespace.is_mount_point(path):
             raise MethodNotAllowed(f"{path} is a collection", headers={"Allow": ALLOWED})
-        placement = self._placement(request)
+        placement = self.fed.clients.place(note.client)
         existing = await self._locate(path, Want.ALL, placement, note)
         if existing.is_dir:
             raise Conflict(f"a collection exists at {path}")
@@ -308,7 +322,7 @@ class FederationFrontEnd:
             raise Conflict(f"the parent collection of {path} does not exist") from exc
         if not parent_stat.is_dir:
             raise Conflict(f"the parent of {path} is not a collection")
-        ranking = self.fed.rank_for_write(self._placement(request), path)
+        ranking = self.fed.rank_for_write(self.fed.clients.place(note.client), path)
         if not ranking.accepted:
             raise Forbidden(f"no writable endpoint serves {path}")
         best = ranking.accepted[0]
