@@ -22,6 +22,7 @@ from geofed.runtime import Federation
 
 FEDERATION_KEY = web.AppKey("federation", Federation)
 FRONTEND_KEY = web.AppKey("frontend", FederationFrontEnd)
+ACCESS_LOG_KEY = web.AppKey("access_log", AccessLog)
 
 # aiohttp's own limits, which bound oversized request lines and headers (answered with 400/431).
 MAX_LINE_SIZE = 8190
@@ -40,6 +41,8 @@ def build_app(
     app = web.Application(handler_args={"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE})
     app[FEDERATION_KEY] = federation
     app[FRONTEND_KEY] = frontend
+    if access_log is not None:
+        app[ACCESS_LOG_KEY] = access_log
     app.router.add_get("/_geofed/status", status_handler(federation))
     app.router.add_route("*", "/_geofed/data/{endpoint}/{path:.*}", data_route.handle)
     app.router.add_route("*", "/{tail:.*}", frontend.dispatch, expect_handler=frontend.expect_handler)

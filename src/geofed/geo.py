@@ -8,6 +8,7 @@ address in a bounded dict because the lookup sits on the request hot path.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 from collections.abc import Iterable
@@ -39,13 +40,9 @@ class ClientPlacement:
     location: Location | None
     preferred_endpoint: str | None = None
     source: str = "unknown"
-
-    @property
-    def key(self) -> tuple[float | None, float | None, str | None]:
-        """Equal for placements that rank replicas identically (a cache key)."""
-        if self.location is None:
-            return (None, None, self.preferred_endpoint)
-        return (self.location.lat, self.location.lon, self.preferred_endpoint)
+    key: int = 0
+    """Equal for placements that rank replicas identically, so rankings can be cached by it;
+    assigned by :class:`ClientLocator` (0 is the unplaced client)."""
 
 
 UNPLACED = ClientPlacement(None, None, "unknown")
@@ -88,6 +85,7 @@ class ClientLocator:
         self._networks = [(ipaddress.ip_network(n.cidr), n) for n in networks]
         self._database = database
         self._cache: dict[str, ClientPlacement] = {}
+        self._keys: dict[object, int] = {(None, None): 0}
 
     def place(self, address: str | None) -> ClientPlacement:
         if not address:
@@ -95,11 +93,22 @@ class ClientLocator:
         cached = self._cache.get(address)
         if cached is not None:
             return cached
-        placement = self._lookup(address)
+        placement = self._intern(self._lookup(address))
         if len(self._cache) >= _PLACEMENT_CACHE_SIZE:
             self._cache.clear()
         self._cache[address] = placement
         return placement
+
+    def _intern(self, placement: ClientPlacement) -> ClientPlacement:
+        """Give placements that rank alike one shared small-integer key."""
+        identity = (
+            None if placement.location is None else (placement.location.lat, placement.location.lon),
+            placement.preferred_endpoint,
+        )
+        key = self._keys.get(identity)
+        if key is None:
+            key = self._keys[identity] = len(self._keys) + 1
+        return dataclasses.replace(placement, key=key)
 
     def _lookup(self, address: str) -> ClientPlacement:
         ip = normalise_ip(address)

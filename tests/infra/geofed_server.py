@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from geofed.app import FEDERATION_KEY, build_app
+from geofed.app import ACCESS_LOG_KEY, FEDERATION_KEY, build_app
 from geofed.config import Settings
 from geofed.runtime import Federation
 
@@ -51,6 +51,16 @@ class GeofedServer:
     def federation(self) -> Federation:
         assert self._runner is not None
         return self._runner.app[FEDERATION_KEY]
+
+    def flush_access_log(self) -> str:
+        """Everything the access log has recorded so far (flushed on the server's loop first)."""
+
+        def flush() -> None:
+            if self._runner is not None and ACCESS_LOG_KEY in self._runner.app:
+                self._runner.app[ACCESS_LOG_KEY].flush()
+
+        self.run(flush)
+        return self.access_log.getvalue()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
         """Run a coroutine on the server's loop and wait for its result."""

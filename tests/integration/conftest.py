@@ -160,18 +160,7 @@ class RunningFederation:
 
     def access_log(self) -> str:
         """geofed's access log so far (flushed on the server's loop first)."""
-        self.server.run(self._flush_log)
-        return self.server.access_log.getvalue()
-
-    def _flush_log(self) -> None:
-        from geofed.app import FRONTEND_KEY
-
-        runner = self.server._runner
-        if runner is None:
-            return
-        access = runner.app[FRONTEND_KEY]._access
-        if access is not None:
-            access.flush()
+        return self.server.flush_access_log()
 
 
 def _backend_storage(

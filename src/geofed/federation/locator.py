@@ -60,9 +60,9 @@ class LocateResult:
     complete: bool
     elapsed: float
     cached: bool = False
-    redirects: dict[object, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
-    """Prepared redirects for this answer, per client placement (see frontend.redirect); they are
-    dropped with the answer when it expires or is invalidated."""
+    redirects: dict[str, dict[int, Any]] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """Prepared redirects for this answer, per base URL and client placement key (see
+    frontend.redirect); they are dropped with the answer when it expires or is invalidated."""
 
     @property
     def is_dir(self) -> bool:

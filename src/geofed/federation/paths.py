@@ -27,10 +27,13 @@ def check_raw_path(raw_path: str) -> None:
         raise BadRequest(f"path longer than {MAX_PATH_LENGTH} characters")
 
 
-def request_path(raw_path: str, decoded_path: str) -> str:
-    """The normalised federated path of a request, checked as :func:`check_raw_path` and
-    :func:`normalise` do, with a fast exit for the common clean path (this runs on every request)."""
-    if (
+def is_clean_request_path(raw_path: str, decoded_path: str) -> bool:
+    """True when the request path is already canonical and safe, so checks can be skipped.
+
+    Conservative: anything percent-encoded, with dot segments, doubled or trailing slashes,
+    backslashes, control characters or excess length is "not clean" and gets the full checks.
+    """
+    return not (
         "%" in raw_path
         or "/." in decoded_path
         or "//" in decoded_path
@@ -39,10 +42,16 @@ def request_path(raw_path: str, decoded_path: str) -> str:
         or (decoded_path.endswith("/") and decoded_path != "/")
         or not decoded_path.isprintable()
         or not decoded_path.startswith("/")
-    ):
-        check_raw_path(raw_path)
-        return normalise(decoded_path)
-    return decoded_path
+    )
+
+
+def request_path(raw_path: str, decoded_path: str) -> str:
+    """The normalised federated path of a request, checked as :func:`check_raw_path` and
+    :func:`normalise` do, with a fast exit for the common clean path (this runs on every request)."""
+    if is_clean_request_path(raw_path, decoded_path):
+        return decoded_path
+    check_raw_path(raw_path)
+    return normalise(decoded_path)
 
 
 def normalise(path: str) -> str:

@@ -33,17 +33,18 @@ from geofed.errors import (
 )
 from geofed.federation.listing import ListingMerger, ListingOutcome
 from geofed.federation.locator import LocateResult, Want
-from geofed.federation.paths import basename, parent, request_path
+from geofed.federation.paths import basename, is_clean_request_path, parent, request_path
 from geofed.frontend import listing_html, propfind
 from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.clientaddr import ClientAddressResolver
-from geofed.frontend.redirect import MAX_PREPARED_PER_ANSWER, prepare_redirect
+from geofed.frontend.redirect import MAX_PREPARED_PER_ANSWER, PreparedRedirect, prepare_redirect
 from geofed.geo import ClientPlacement
 from geofed.runtime import Federation
 
 ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, PROPFIND"
 _DIR_STAT = StatResult(is_dir=True)
 _FLUSH_BYTES = 65536
+_NO_REDIRECTS: dict[int, PreparedRedirect] = {}
 
 
 class Note:
@@ -70,7 +71,7 @@ class FederationFrontEnd:
     def __init__(self, federation: Federation, server: ServerSettings, access_log: AccessLog | None) -> None:
         self.fed = federation
         self._server = server
-        self._access = access_log
+        self._log = access_log.appender() if access_log is not None else None
         self._addresses = ClientAddressResolver(server.trusted_proxies)
         self._public_url = server.public_url.rstrip("/") if server.public_url else None
         fs = federation.settings
@@ -101,6 +102,10 @@ class FederationFrontEnd:
     # -- entry points -------------------------------------------------------------------------
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            warm = self._warm_redirect(request)
+            if warm is not None:
+                return warm
         note = Note(self.client_address(request))
         path = request.path
         try:
@@ -112,16 +117,19 @@ class FederationFrontEnd:
         except HTTPError as exc:
             note.decision = "error"
             response = error_response(exc)
-        if self._access is not None:
-            self._access.record(
-                request.method,
-                path,
-                note.client,
-                None,
-                response.status,
-                note.decision,
-                note.endpoint,
-                note.locate_seconds,
+        if self._log is not None:
+            self._log(
+                (
+                    time.time(),
+                    request.method,
+                    path,
+                    note.client,
+                    None,
+                    response.status,
+                    note.decision,
+                    note.endpoint,
+                    note.locate_seconds,
+                )
             )
         return response
 
@@ -186,17 +194,31 @@ class FederationFrontEnd:
 
     # -- methods ------------------------------------------------------------------------------
 
+    def _warm_redirect(self, request: web.Request) -> web.Response | None:
+        """The hot path: a GET of a clean path whose redirect is already prepared for this kind of
+        client. Anything else (None) takes the general path, which prepares it for next time."""
+        path = request.path
+        if not is_clean_request_path(request.raw_path, path):
+            return None
+        result = self._cached(path)
+        if result is None:
+            return None
+        client = self.client_address(request)
+        placement = self._place(client)
+        prepared = result.redirects.get(self._public_url or request.host, _NO_REDIRECTS).get(placement.key)
+        if prepared is None or not prepared.usable(self.fed.health.generation):
+            return None
+        headers, endpoint = prepared.pick(self.fed.rng)
+        if self._log is not None:
+            self._log((time.time(), "GET", path, client, None, 302, "redirect", endpoint, 0.0))
+        return web.Response(status=302, headers=headers)
+
     async def get(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
         placement = self._place(note.client)
+        base = self._public_url or request.host
         result = self._cached(path)
-        key = (placement.key, self._public_url or request.host)
         if result is not None:
             note.locate_seconds = 0.0
-            prepared = result.redirects.get(key)
-            if prepared is not None and prepared.usable(self.fed.health.generation):
-                headers, note.endpoint = prepared.pick(self.fed.rng)
-                note.decision = "redirect"
-                return web.Response(status=302, headers=headers)
         else:
             result = await self._locate(path, Want.CLOSEST, placement, note)
         if not result.files:
@@ -217,9 +239,11 @@ class FederationFrontEnd:
 
         prepared = prepare_redirect(ranking, sign, self._max_alternatives, self.fed.health.generation)
         if result.cached:
-            if len(result.redirects) >= MAX_PREPARED_PER_ANSWER:
+            per_base = result.redirects.setdefault(base, {})
+            if len(per_base) >= MAX_PREPARED_PER_ANSWER or len(result.redirects) > MAX_PREPARED_PER_ANSWER:
                 result.redirects.clear()
-            result.redirects[key] = prepared
+                per_base = result.redirects.setdefault(base, {})
+            per_base[placement.key] = prepared
         headers, note.endpoint = prepared.pick(self.fed.rng)
         note.decision = "redirect"
         return web.Response(status=302, headers=headers)
