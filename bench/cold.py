@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from bench.procs import VENV_BIN, curl_head_of, launch
-from bench.report import median, percentile, table, verdict
+from bench.report import commands_and_problems, median, percentile, table, verdict
 from geofed import __version__
 from geofed.endpoints.davxml import propfind_body
 from tests.infra.servers import LOOPBACK, RunningServer, start_delay_proxy, start_nginx_dav
@@ -121,11 +121,7 @@ class ColdResults:
                 "endpoint reused a pooled connection, so the kept-alive ratio is the like-for-like one"
             )
         lines.append(f"  redirect targets: {self.redirected_to}")
-        lines.append("  commands:")
-        lines += [f"    {name:<13} {command}" for name, command in self.commands.items()]
-        if self.problems:
-            lines.append("  PROBLEMS:")
-            lines += [f"    {p}" for p in self.problems]
+        lines += commands_and_problems(self.commands, self.problems)
         return "\n".join(lines)
 
 

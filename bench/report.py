@@ -105,3 +105,12 @@ def verdict(ratio: float, target: float, higher_is_better: bool) -> str:
     ok = ratio >= target if higher_is_better else ratio <= target
     sign = ">=" if higher_is_better else "<="
     return f"target {sign} {target:g}: {'met' if ok else 'MISSED'}"
+
+
+def commands_and_problems(commands: dict[str, str], problems: list[str]) -> list[str]:
+    """The closing lines of a benchmark report: how each process was started, and any problem."""
+    lines = ["  commands:", *(f"    {name:<13} {command}" for name, command in commands.items())]
+    if problems:
+        lines.append("  PROBLEMS:")
+        lines += [f"    {p}" for p in problems]
+    return lines

@@ -33,7 +33,7 @@ from bench.procs import (
     run_wrk,
     wrk_command,
 )
-from bench.report import median, table, verdict
+from bench.report import commands_and_problems, median, table, verdict
 from tests.infra.servers import LOOPBACK, RunningServer
 
 SAMPLE_PATH = "/bench/sample.dat"
@@ -137,11 +137,7 @@ class WarmResults:
             f"  geofed access log: {self.access_log_lines:,} redirect lines for {self.geofed_requests:,} "
             "requests wrk counted (the log is on, as in production)"
         )
-        lines.append("  commands:")
-        lines += [f"    {name:<13} {command}" for name, command in self.commands.items()]
-        if self.problems:
-            lines.append("  PROBLEMS:")
-            lines += [f"    {p}" for p in self.problems]
+        lines += commands_and_problems(self.commands, self.problems)
         return "\n".join(lines)
 
 

@@ -120,8 +120,10 @@ def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     )
 
 
-def redirect_of(url: str, source_ip: str) -> tuple[int, str]:
+def redirect_of(url: str, source_ip: str, *curl_args: str) -> tuple[int, str]:
     """The status and Location geofed answers a GET from ``source_ip`` with."""
-    out = curl("--interface", source_ip, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", url)
+    out = curl(
+        "--interface", source_ip, *curl_args, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", url
+    )
     status, _, location = out.stdout.partition(" ")
     return int(status), location

@@ -119,27 +119,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(sites: Sites) -> No
     settings = sites.settings(server={"trusted_proxies": ["127.0.0.1/32"]})
     with GeofedServer(settings) as server:
         url = f"{server.url}/fed/data/common.dat"
-        via_proxy = curl(
-            "--interface",
-            "127.0.0.1",
-            "-H",
-            f"X-Forwarded-For: {client_ip('uvic')}",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{redirect_url}",
-            url,
-        ).stdout
+        _, via_proxy = redirect_of(url, "127.0.0.1", "-H", f"X-Forwarded-For: {client_ip('uvic')}")
         assert endpoint_of(via_proxy, sites) == "uvic"
-        spoofed = curl(
-            "--interface",
-            client_ip("triumf"),
-            "-H",
-            f"X-Forwarded-For: {client_ip('cern')}",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{redirect_url}",
-            url,
-        ).stdout
+        _, spoofed = redirect_of(url, client_ip("triumf"), "-H", f"X-Forwarded-For: {client_ip('cern')}")
         assert endpoint_of(spoofed, sites) == "triumf"
