@@ -9,11 +9,13 @@ inside the root, so a symlink cannot expose files outside it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
 import stat as stat_module
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from geofed.config import EndpointSettings
@@ -21,6 +23,7 @@ from geofed.endpoints.base import Endpoint, Entry, StatResult
 from geofed.errors import EndpointRefused, EndpointUnavailable, PathNotFound
 from geofed.signing import URLSigner
 
+T = TypeVar("T")
 _LIST_BATCH = 512
 UPLOAD_PREFIX = ".geofed-upload-"
 
@@ -38,6 +41,18 @@ class LocalEndpoint(Endpoint):
         super().__init__(settings)
         self.root = Path(unquote(urlsplit(settings.url).path)).resolve()
         self._signer = signer
+        self._slots = asyncio.Semaphore(settings.max_concurrency)
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a filesystem call in a worker thread, at most ``max_concurrency`` at once and within
+        the endpoint's timeout (a hung network filesystem must not hang the federation)."""
+        try:
+            async with asyncio.timeout(self.settings.timeout), self._slots:
+                return await asyncio.to_thread(fn, *args)
+        except TimeoutError as exc:
+            raise EndpointUnavailable(
+                self.name, f"filesystem call timed out after {self.settings.timeout:g} s"
+            ) from exc
 
     def resolve(self, path: str) -> Path:
         """The filesystem path for an endpoint path, refusing anything that escapes the root."""
@@ -48,7 +63,7 @@ class LocalEndpoint(Endpoint):
         return real
 
     async def stat(self, path: str) -> StatResult | None:
-        return await asyncio.to_thread(self._stat_sync, path)
+        return await self._run(self._stat_sync, path)
 
     def _stat_sync(self, path: str) -> StatResult | None:
         try:
@@ -63,13 +78,13 @@ class LocalEndpoint(Endpoint):
     async def list(self, path: str) -> AsyncIterator[Entry]:
         directory = self.resolve(path)
         try:
-            iterator = await asyncio.to_thread(os.scandir, directory)
+            iterator = await self._run(os.scandir, directory)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise PathNotFound(self.name, "no such collection") from exc
         except OSError as exc:
             raise EndpointUnavailable(self.name, f"listing failed: {exc.strerror}") from exc
         try:
-            while batch := await asyncio.to_thread(_next_batch, iterator):
+            while batch := await self._run(_next_batch, iterator):
                 for entry in batch:
                     yield entry
         finally:
@@ -79,7 +94,7 @@ class LocalEndpoint(Endpoint):
         return self._signer.sign(method, self.name, path, lifetime)
 
     async def delete(self, path: str) -> None:
-        await asyncio.to_thread(self._delete_sync, path)
+        await self._run(self._delete_sync, path)
 
     def _delete_sync(self, path: str) -> None:
         target = self.resolve(path)
@@ -96,7 +111,7 @@ class LocalEndpoint(Endpoint):
             raise EndpointUnavailable(self.name, f"delete failed: {exc.strerror}") from exc
 
     async def mkcol(self, path: str) -> bool:
-        return await asyncio.to_thread(self._mkcol_sync, path)
+        return await self._run(self._mkcol_sync, path)
 
     def _mkcol_sync(self, path: str) -> bool:
         target = self.resolve(path)
@@ -113,14 +128,14 @@ class LocalEndpoint(Endpoint):
     async def makedirs(self, path: str) -> None:
         target = self.resolve(path)
         try:
-            await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+            await self._run(functools.partial(target.mkdir, parents=True, exist_ok=True))
         except FileExistsError as exc:
             raise EndpointRefused(self.name, "a file is in the way of the collection", 409) from exc
         except OSError as exc:
             raise EndpointUnavailable(self.name, f"mkdir failed: {exc.strerror}") from exc
 
     async def probe(self) -> None:
-        ok = await asyncio.to_thread(os.access, self.root, os.R_OK | os.X_OK)
+        ok = await self._run(os.access, self.root, os.R_OK | os.X_OK)
         if not ok:
             raise EndpointUnavailable(self.name, f"directory {self.root} is missing or unreadable")
 
