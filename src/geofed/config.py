@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
+    SecretStr,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -81,12 +82,33 @@ class PrefixMapping(_Frozen):
         return "/" + "/".join(parts)
 
 
+class CredentialSettings(_Frozen):
+    """Secrets for an object-store endpoint, given inline (use ``${ENV}``), by environment variable
+    name, or (S3) from an AWS-style credentials file. Secrets are ``SecretStr``: they never appear
+    in a repr, an error message or a dump of the settings."""
+
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    access_key_env: str | None = None
+    secret_key_env: str | None = None
+    file: Path | None = None
+    profile: str = "default"
+    account_key: SecretStr | None = None
+    account_key_env: str | None = None
+
+
 class EndpointSettings(_Frozen):
     """One storage endpoint: where it is, what it may be used for, and how to talk to it."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-    kind: Literal["local", "webdav"]
+    kind: Literal["local", "webdav", "s3", "azure"]
     url: str
+    bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str = "us-east-1"
+    addressing: Literal["path", "virtual"] = "path"
+    account: str | None = None
+    container: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+    credentials: CredentialSettings | None = None
     prefixes: tuple[PrefixMapping, ...] = (PrefixMapping(federated="/", endpoint="/"),)
     readable: bool = True
     listable: bool = True
@@ -111,6 +133,14 @@ class EndpointSettings(_Frozen):
                 raise ValueError("a local endpoint's url must be file:///absolute/directory")
         elif parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"a {self.kind} endpoint's url must be http:// or https:// with a host")
+        if parts.username or parts.password:
+            raise ValueError("put credentials under 'credentials', not in the url")
+        if self.kind == "s3" and self.bucket is None:
+            raise ValueError("an s3 endpoint needs 'bucket'")
+        if self.kind == "azure" and (self.account is None or self.container is None):
+            raise ValueError("an azure endpoint needs 'account' and 'container'")
+        if self.kind not in ("s3", "azure") and self.credentials is not None:
+            raise ValueError(f"a {self.kind} endpoint takes no 'credentials'")
         return self
 
     @property

@@ -53,6 +53,8 @@ class Capabilities:
     mkcol: bool = True
     redirect_get: bool = True
     redirect_put: bool = True
+    multipart_upload: bool = False
+    """The endpoint implements the sign_multipart_* methods (S3)."""
 
 
 class Endpoint(abc.ABC):
@@ -105,6 +107,18 @@ class Endpoint(abc.ABC):
     @abc.abstractmethod
     async def probe(self) -> None:
         """Check that the endpoint serves; raise EndpointUnavailable with the reason when not."""
+
+    def sign_multipart_create(self, path: str, lifetime: float) -> str:
+        """A URL the client POSTs (empty body) to start a multipart upload of ``path``."""
+        raise NotImplementedError(f"{self.name} does not support multipart uploads")
+
+    def sign_multipart_parts(self, path: str, upload_id: str, count: int, lifetime: float) -> list[str]:
+        """URLs the client PUTs parts 1..count of upload ``upload_id`` to."""
+        raise NotImplementedError(f"{self.name} does not support multipart uploads")
+
+    def sign_multipart_complete(self, path: str, upload_id: str, lifetime: float) -> str:
+        """The URL the client POSTs the CompleteMultipartUpload document to."""
+        raise NotImplementedError(f"{self.name} does not support multipart uploads")
 
     async def aclose(self) -> None:
         """Release connections and other resources."""
