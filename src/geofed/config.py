@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     BaseModel,
-    SecretStr,
     BeforeValidator,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,

@@ -112,7 +112,7 @@ class Endpoint(abc.ABC):
         """A URL the client POSTs (empty body) to start a multipart upload of ``path``."""
         raise NotImplementedError(f"{self.name} does not support multipart uploads")
 
-    def sign_multipart_parts(self, path: str, upload_id: str, count: int, lifetime: float) -> list[str]:
+    def sign_multipart_parts(self, path: str, upload_id: str, count: int, lifetime: float) -> tuple[str, ...]:
         """URLs the client PUTs parts 1..count of upload ``upload_id`` to."""
         raise NotImplementedError(f"{self.name} does not support multipart uploads")
 
