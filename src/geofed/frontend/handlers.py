@@ -17,6 +17,7 @@ from geofed.config import ServerSettings
 from geofed.endpoints.base import StatResult
 from geofed.errors import (
     BadGateway,
+    BadRequest,
     Conflict,
     EndpointError,
     EndpointRefused,
@@ -34,7 +35,7 @@ from geofed.errors import (
 from geofed.federation.listing import ListingMerger, ListingOutcome
 from geofed.federation.locator import LocateResult, Want
 from geofed.federation.paths import basename, is_clean_request_path, parent, request_path
-from geofed.frontend import listing_html, propfind
+from geofed.frontend import listing_html, multipart, propfind
 from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.clientaddr import ClientAddressResolver
 from geofed.frontend.redirect import MAX_PREPARED_PER_ANSWER, PreparedRedirect, prepare_redirect
@@ -272,6 +273,8 @@ class FederationFrontEnd:
     async def put(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
         if path == "/" or self.fed.namespace.is_mount_point(path):
             raise MethodNotAllowed(f"{path} is a collection", headers={"Allow": ALLOWED})
+        if multipart.UPLOAD_ID_HEADER in request.headers:
+            return self._multipart_parts(request, path, note)
         placement = self.fed.clients.place(note.client)
         existing = await self._locate(path, Want.ALL, placement, note)
         if existing.is_dir:
@@ -291,9 +294,10 @@ class FederationFrontEnd:
         except EndpointError as exc:
             raise _endpoint_http_error(exc, f"cannot create the parent collection of {path}") from exc
         self.fed.locator.invalidate(path, writing=True)
-        location = self._signed(request, "PUT", best.endpoint, best.path)
+        headers = {"Location": self._signed(request, "PUT", best.endpoint, best.path)}
+        headers.update(multipart.offer_headers(endpoint, best.path, self.fed.url_lifetimes[best.endpoint]))
         note.decision, note.endpoint = "redirect", best.endpoint
-        response = web.Response(status=307, headers={"Location": location})
+        response = web.Response(status=307, headers=headers)
         length = request.content_length
         if (
             length is not None
@@ -301,6 +305,28 @@ class FederationFrontEnd:
             and "Expect" not in request.headers
         ):
             response.force_close()
+        return response
+
+    def _multipart_parts(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        """Step 3 of the multipart protocol: sign the part and commit URLs on the endpoint the
+        client was sent to (named by ``x-ugrpluginid``)."""
+        name = request.headers.get(multipart.PLUGIN_ID_HEADER, "")
+        endpoint = self.fed.endpoints.get(name)
+        local = self.fed.namespace.translate(path, name) if endpoint is not None else None
+        if endpoint is None or local is None or not endpoint.settings.writable:
+            raise BadRequest(f"{multipart.PLUGIN_ID_HEADER} does not name a writable endpoint serving {path}")
+        if not endpoint.capabilities.multipart_upload:
+            raise BadRequest(f"endpoint {name} does not support multipart uploads")
+        count = multipart.chunk_count(request.headers.get(multipart.CHUNKS_HEADER))
+        response = multipart.parts_response(
+            endpoint,
+            local,
+            request.headers[multipart.UPLOAD_ID_HEADER],
+            count,
+            self.fed.url_lifetimes[name],
+        )
+        self.fed.locator.invalidate(path, writing=True)
+        note.decision, note.endpoint = "multipart", name
         return response
 
     async def delete(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
