@@ -62,7 +62,7 @@ def test_env_default_is_used(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (("kind: webdav", "kind: ftp"), r"endpoints\[0\]\.kind: Input should be 'local', 'webdav', 's3' or 'azure'"),
+        (("kind: webdav", "kind: ftp"), r"endpoints\[0\]\.kind: Input should be 'local', 'webdav', 's3' or"),
         (
             ("federated: /atlas,", "federated: atlas,"),
             r"endpoints\[0\]\.prefixes\[0\]\.federated: must be an absolute",
