@@ -30,6 +30,14 @@ def build_endpoint(settings: EndpointSettings, signer: URLSigner) -> Endpoint:
     """The endpoint object for one configured endpoint, by kind."""
     if settings.kind == "local":
         return LocalEndpoint(settings, signer)
+    if settings.kind == "s3":
+        from geofed.endpoints.s3 import S3Endpoint
+
+        return S3Endpoint(settings)
+    if settings.kind == "azure":  # imported here: the azure SDK is slow to import and often unused
+        from geofed.endpoints.azure import AzureEndpoint
+
+        return AzureEndpoint(settings)
     from geofed.endpoints.webdav import WebDAVEndpoint
 
     return WebDAVEndpoint(settings)

@@ -1,7 +1,9 @@
-"""pytest fixtures for real WebDAV servers (loaded from ``tests/conftest.py`` via ``pytest_plugins``).
+"""pytest fixtures for real servers (loaded from ``tests/conftest.py`` via ``pytest_plugins``).
 
-The servers are session-scoped because starting them costs ~50 ms each but a test suite makes
-hundreds of requests; tests share them and must therefore use unique paths (e.g. a uuid folder).
+WebDAV (Apache, nginx), S3 (Ceph RGW) and Azure Blob (Azurite). The servers are session-scoped
+because starting them costs ~50 ms (WebDAV), ~2 s (Azurite) and ~15 s (Ceph) while a test suite
+makes hundreds of requests; tests share them and must therefore use unique paths or keys (e.g. a
+uuid prefix). A missing component makes the fixture raise, so its tests fail instead of skipping.
 """
 
 from __future__ import annotations
@@ -14,7 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.infra.azurite import DEV_ACCOUNT, AzuriteServer, start_azurite
+from tests.infra.ceph import CephCluster, start_ceph_rgw
 from tests.infra.servers import RunningServer, start_apache_dav, start_nginx_dav
+
+# The three S3 "sites" of the ceph_rgw fixture: name → (bucket, own radosgw gateway?). CERN uses
+# the first gateway; the others get their own, so sites differ in endpoint URL as in real life.
+CEPH_SITES: dict[str, tuple[str, bool]] = {
+    "cern": ("site-cern", False),
+    "triumf": ("site-triumf", True),
+    "uvic": ("site-uvic", True),
+}
+# The azurite fixture's containers: container → account.
+AZURITE_CONTAINERS: dict[str, str] = {"fed-a": DEV_ACCOUNT, "fed-b": "site2"}
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +62,40 @@ def nginx_dav(server_tmp_dir: Path) -> Iterator[RunningServer]:
     """nginx + dav-ext (creates missing parents on PUT) serving an initially empty ``.root``."""
     server = start_nginx_dav(server_tmp_dir / "nginx" / "dav", server_tmp_dir / "nginx" / "work")
     try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ceph_rgw(server_tmp_dir: Path) -> Iterator[CephCluster]:
+    """Ceph mon + memstore OSD + radosgw with three S3 sites, started once per session (~15 s).
+
+    ``.sites[name]`` is an :class:`~tests.infra.ceph.S3Site` ``(bucket, access_key, secret_key,
+    url)`` for ``cern``, ``triumf`` and ``uvic`` (see :data:`CEPH_SITES`); each site's user owns only
+    its bucket, and all gateways see the same data. Data and logs live below the session's temp
+    folder, which is removed at the end.
+    """
+    cluster = start_ceph_rgw(server_tmp_dir / "ceph")
+    try:
+        for name, (bucket, own_gateway) in CEPH_SITES.items():
+            cluster.add_site(name, bucket, own_gateway)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(server_tmp_dir: Path) -> Iterator[AzuriteServer]:
+    """Azurite (blob) with ``devstoreaccount1`` and ``site2``, containers ``fed-a`` and ``fed-b``.
+
+    ``.accounts`` maps account → base64 key, ``.containers`` container → account (see
+    :data:`AZURITE_CONTAINERS`).
+    """
+    server = start_azurite(server_tmp_dir / "azurite")
+    try:
+        for container, account in AZURITE_CONTAINERS.items():
+            server.create_container(account, container)
         yield server
     finally:
         server.stop()

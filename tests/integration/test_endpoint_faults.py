@@ -46,7 +46,7 @@ def faulty_endpoint(kind: str, url: str) -> dict[str, Any]:
     return base
 
 
-@pytest.fixture(params=["webdav"])  # s3 and azure join when their endpoint kinds land
+@pytest.fixture(params=["webdav", "s3", "azure"])
 def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
