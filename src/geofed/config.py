@@ -109,6 +109,9 @@ class EndpointSettings(_Frozen):
     account: str | None = None
     container: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
     credentials: CredentialSettings | None = None
+    proxy_upload_agents: tuple[str, ...] | None = None
+    """User-Agent patterns of clients whose PUTs geofed streams to this endpoint itself instead of
+    redirecting them; None means the kind's default (see ``upload_proxy_patterns``)."""
     prefixes: tuple[PrefixMapping, ...] = (PrefixMapping(federated="/", endpoint="/"),)
     readable: bool = True
     listable: bool = True
@@ -142,6 +145,25 @@ class EndpointSettings(_Frozen):
         if self.kind not in ("s3", "azure") and self.credentials is not None:
             raise ValueError(f"a {self.kind} endpoint takes no 'credentials'")
         return self
+
+    @field_validator("proxy_upload_agents")
+    @classmethod
+    def _valid_patterns(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in value or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {pattern!r} ({exc})") from exc
+        return value
+
+    @property
+    def upload_proxy_patterns(self) -> tuple[str, ...]:
+        """Whose uploads are proxied. For ``azure`` by default davix and gfal2: davix 0.8 follows a
+        PUT redirect to an Azure SAS URL with its block upload, stores the blob, then fails
+        ("No request started"), so those clients are served by streaming instead."""
+        if self.proxy_upload_agents is not None:
+            return self.proxy_upload_agents
+        return ("libdavix", "gfal2") if self.kind == "azure" else ()
 
     @property
     def host(self) -> str | None:

@@ -35,6 +35,7 @@ import base64
 import binascii
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -45,11 +46,11 @@ import aiohttp
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError
 from azure.core.pipeline.transport import AioHttpTransport
-from azure.storage.blob import BlobProperties, BlobSasPermissions, generate_blob_sas
+from azure.storage.blob import BlobBlock, BlobProperties, BlobSasPermissions, generate_blob_sas
 from azure.storage.blob.aio import ContainerClient
 
 from geofed.config import EndpointSettings
-from geofed.endpoints.base import Endpoint, Entry, StatResult
+from geofed.endpoints.base import Capabilities, Endpoint, Entry, StatResult
 from geofed.endpoints.credentials import azure_account_key
 from geofed.errors import (
     ConfigError,
@@ -131,6 +132,8 @@ def _checked_key(settings: EndpointSettings) -> str:
 
 class AzureEndpoint(Endpoint):
     """One container of a blob service, reached with the account's shared key."""
+
+    capabilities = Capabilities(upload_stream=True)
 
     #: Blobs per listing page; tests lower it to exercise paging.
     list_page_size: int = LIST_PAGE_SIZE
@@ -341,6 +344,22 @@ class AzureEndpoint(Endpoint):
             return True
 
         return await self._call("MKCOL", path, create())
+
+    async def upload(self, path: str, chunks: AsyncIterator[bytes]) -> None:
+        """Stage each chunk as a block, then commit the list: the blob appears only when every
+        byte has arrived, and uncommitted blocks of an interrupted upload are never visible
+        (Azure discards them). Memory stays at one chunk."""
+        name = _blob_name(path)
+        if not name:
+            raise EndpointRefused(self.name, "cannot upload to the container root", 409)
+        blob = self._container().get_blob_client(name)
+        block_ids: list[str] = []
+        prefix = os.urandom(8).hex()
+        async for chunk in chunks:
+            block_id = base64.b64encode(f"{prefix}-{len(block_ids):08d}".encode()).decode()
+            await self._call("PUT", path, blob.stage_block(block_id, chunk, length=len(chunk)))
+            block_ids.append(block_id)
+        await self._call("PUT", path, blob.commit_block_list([BlobBlock(block_id=b) for b in block_ids]))
 
     # -- URLs and health ------------------------------------------------------------------------
 

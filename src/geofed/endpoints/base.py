@@ -55,6 +55,8 @@ class Capabilities:
     redirect_put: bool = True
     multipart_upload: bool = False
     """The endpoint implements the sign_multipart_* methods (S3)."""
+    upload_stream: bool = False
+    """The endpoint implements ``upload`` (geofed streams a client's body to it)."""
 
 
 class Endpoint(abc.ABC):
@@ -107,6 +109,11 @@ class Endpoint(abc.ABC):
     @abc.abstractmethod
     async def probe(self) -> None:
         """Check that the endpoint serves; raise EndpointUnavailable with the reason when not."""
+
+    async def upload(self, path: str, chunks: AsyncIterator[bytes]) -> None:
+        """Store the bytes of ``chunks`` at ``path``, visible only once every chunk has arrived
+        (an interrupted upload leaves nothing behind)."""
+        raise NotImplementedError(f"{self.name} cannot take streamed uploads")
 
     def sign_multipart_create(self, path: str, lifetime: float) -> str:
         """A URL the client POSTs (empty body) to start a multipart upload of ``path``."""

@@ -35,7 +35,7 @@ from geofed.errors import (
 from geofed.federation.listing import ListingMerger, ListingOutcome
 from geofed.federation.locator import LocateResult, Want
 from geofed.federation.paths import basename, is_clean_request_path, parent, request_path
-from geofed.frontend import listing_html, multipart, propfind
+from geofed.frontend import listing_html, multipart, propfind, uploadproxy
 from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.clientaddr import ClientAddressResolver
 from geofed.frontend.redirect import MAX_PREPARED_PER_ANSWER, PreparedRedirect, prepare_redirect
@@ -46,6 +46,11 @@ ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, PROPFIND"
 _DIR_STAT = StatResult(is_dir=True)
 _FLUSH_BYTES = 65536
 _NO_REDIRECTS: dict[int, PreparedRedirect] = {}
+# Request keys and a marker for uploads that geofed streams itself: the expect handler decides,
+# asks the client for the body, and the handler then streams it to the chosen endpoint.
+_AWAITING_BODY = web.RequestKey("geofed.awaiting_body", bool)
+_PROXY_TARGET = web.RequestKey("geofed.proxy_target", tuple[str, str])
+_SEND_THE_BODY = web.Response(status=100)
 
 
 class Note:
@@ -115,6 +120,8 @@ class FederationFrontEnd:
                 raise MethodNotAllowed(f"{request.method} is not supported here", headers={"Allow": ALLOWED})
             path = request_path(request.raw_path, path)
             response = await handler(request, path, note)
+            if response is _SEND_THE_BODY:
+                return response  # the expect handler lets the body come; logged when handled
         except HTTPError as exc:
             note.decision = "error"
             response = error_response(exc)
@@ -139,10 +146,12 @@ class FederationFrontEnd:
         if request.headers.get("Expect", "").lower() != "100-continue":
             return error_response(ExpectationFailed("only Expect: 100-continue is supported"))
         if request.method == "PUT":
+            request[_AWAITING_BODY] = True
             response = await self.dispatch(request)
-            if response.status >= 300:
-                response.force_close()
-            return response
+            if response is not _SEND_THE_BODY:
+                if response.status >= 300:
+                    response.force_close()
+                return response
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
         return None
@@ -275,6 +284,9 @@ class FederationFrontEnd:
             raise MethodNotAllowed(f"{path} is a collection", headers={"Allow": ALLOWED})
         if multipart.UPLOAD_ID_HEADER in request.headers:
             return self._multipart_parts(request, path, note)
+        target = request.get(_PROXY_TARGET)
+        if target is not None:  # chosen in the expect handler, before the body was sent
+            return await self._proxy_upload(request, path, target[0], target[1], note)
         placement = self.fed.clients.place(note.client)
         existing = await self._locate(path, Want.ALL, placement, note)
         if existing.is_dir:
@@ -293,6 +305,11 @@ class FederationFrontEnd:
             await endpoint.makedirs(parent(best.path))
         except EndpointError as exc:
             raise _endpoint_http_error(exc, f"cannot create the parent collection of {path}") from exc
+        if uploadproxy.wants_proxy(endpoint, request.headers.get("User-Agent", "")):
+            if request.get(_AWAITING_BODY):
+                request[_PROXY_TARGET] = (best.endpoint, best.path)
+                return _SEND_THE_BODY
+            return await self._proxy_upload(request, path, best.endpoint, best.path, note)
         self.fed.locator.invalidate(path, writing=True)
         headers = {"Location": self._signed(request, "PUT", best.endpoint, best.path)}
         headers.update(multipart.offer_headers(endpoint, best.path, self.fed.url_lifetimes[best.endpoint]))
@@ -306,6 +323,22 @@ class FederationFrontEnd:
         ):
             response.force_close()
         return response
+
+    async def _proxy_upload(
+        self, request: web.Request, path: str, name: str, endpoint_path: str, note: Note
+    ) -> web.StreamResponse:
+        """Stream the body to the endpoint ourselves (see frontend.uploadproxy for why)."""
+        endpoint = self.fed.endpoints[name]
+        existed = (await self.fed.locator.locate(path, Want.FIRST, None)).replicas != ()
+        self.fed.locator.invalidate(path, writing=True)
+        try:
+            await uploadproxy.stream_upload(request, endpoint, endpoint_path)
+        except EndpointError as exc:
+            raise _endpoint_http_error(exc, f"upload of {path} to {name} failed; nothing was stored") from exc
+        finally:
+            self.fed.locator.invalidate(path)
+        note.decision, note.endpoint = "proxy-upload", name
+        return web.Response(status=204 if existed else 201)
 
     def _multipart_parts(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
         """Step 3 of the multipart protocol: sign the part and commit URLs on the endpoint the
