@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -286,3 +287,60 @@ def test_misconfigured_stores_are_reported_and_others_keep_serving(cloud: CloudF
         out = curl("-w", "\n%{http_code}", f"{server.url}/cloud/nowhere.dat").stdout
         body, _, code = out.rpartition("\n")
         assert code == "503" and "cern" in body and "azure-a" in body
+
+
+def test_stat_carries_the_metadata_stored_with_objects(geofed: GeofedServer, cloud: CloudFederation) -> None:
+    key = f"{cloud.run}/meta.dat"
+    s3 = cloud.rgw.sites["uvic"]
+    cloud.rgw.client(s3.access_key, s3.secret_key).put_object(
+        Bucket=s3.bucket, Key=key, Body=b"m", Metadata={"adler32": "0062006e"}
+    )
+    with cloud.azurite.service_client(cloud.azurite.containers["fed-a"]) as service:
+        service.get_blob_client("fed-a", key).upload_blob(
+            b"m", overwrite=True, metadata={"adler32": "0062006e"}
+        )
+    for name in ("uvic", "azure-a"):
+        stat = geofed.call(geofed.federation.endpoints[name].stat(f"/{key}"))
+        assert stat is not None and ("adler32", "0062006e") in stat.metadata, (name, stat)
+
+
+def test_no_secret_leaves_geofed(
+    geofed: GeofedServer, cloud: CloudFederation, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redirects carry only signatures: no secret key or account key in any header, body or log."""
+    caplog.set_level(logging.DEBUG)
+    secrets_ = [site.secret_key for site in cloud.rgw.sites.values()] + list(cloud.azurite.accounts.values())
+    for name in CITIES:
+        cloud.put(name, "/scan.dat", b"scan\n")
+    texts = [curl(f"{geofed.url}/_geofed/status").stdout]
+    for name in CITIES:
+        texts.append(
+            curl(
+                "-D", "-", "-o", "/dev/null", "--interface", client_ip(name), f"{geofed.url}/cloud/scan.dat"
+            ).stdout
+        )
+        texts.append(
+            curl(
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-X",
+                "PUT",
+                "-H",
+                "Expect: 100-continue",
+                "-H",
+                "Content-Length: 5",
+                "--interface",
+                client_ip(name),
+                f"{geofed.url}/cloud/scan-put.dat",
+            ).stdout
+        )
+    texts.append(curl("-D", "-", f"{geofed.url}/cloud/missing-everywhere.dat").stdout)
+    texts.append(geofed.flush_access_log())
+    texts += [record.getMessage() for record in caplog.records]
+    joined = "\n".join(texts)
+    assert "X-Amz-Signature=" in joined and "sig=" in joined  # the scan saw signed URLs of both kinds
+    assert "x-ugrs3posturl" in joined.lower()
+    for secret in secrets_:
+        assert secret not in joined

@@ -115,8 +115,14 @@ def _stat_of(blob: BlobProperties) -> StatResult:
     if _is_folder_blob(blob):
         return StatResult(is_dir=True, mtime=mtime)
     content_type = blob.content_settings.content_type if blob.content_settings else None
+    metadata = tuple(sorted((k.lower(), v) for k, v in (blob.metadata or {}).items()))
     return StatResult(
-        is_dir=False, size=blob.size, mtime=mtime, etag=_quoted(blob.etag), content_type=content_type or None
+        is_dir=False,
+        size=blob.size,
+        mtime=mtime,
+        etag=_quoted(blob.etag),
+        content_type=content_type or None,
+        metadata=metadata,
     )
 
 

@@ -33,6 +33,9 @@ class StatResult:
     mtime: float | None = None
     etag: str | None = None
     content_type: str | None = None
+    metadata: tuple[tuple[str, str], ...] = ()
+    """User metadata the store keeps with the object (S3 ``x-amz-meta-*``, Azure ``x-ms-meta-*``),
+    names lower-cased without the prefix: where stored checksums are found."""
 
 
 @dataclass(frozen=True, slots=True)

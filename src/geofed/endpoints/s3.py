@@ -63,6 +63,8 @@ SIGNABLE = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 MARKER_CONTENT_TYPE = "application/x-directory"
 _USER_AGENT = f"geofed/{__version__}"
 
+_META_PREFIX = "x-amz-meta-"
+
 
 def _expires(lifetime: float) -> int:
     """A URL lifetime as S3 takes it: whole seconds between 1 and 7 days."""
@@ -247,6 +249,13 @@ class S3Endpoint(Endpoint):
                     mtime=parse_http_date(resp.headers.get("Last-Modified")),
                     etag=resp.headers.get("ETag"),
                     content_type=resp.headers.get("Content-Type"),
+                    metadata=tuple(
+                        sorted(
+                            (name[len(_META_PREFIX) :], value)
+                            for name, value in ((k.lower(), v) for k, v in resp.headers.items())
+                            if name.startswith(_META_PREFIX)
+                        )
+                    ),
                 )
             if resp.status != 404:
                 raise await self._error(f"HEAD {path}", resp)
