@@ -231,11 +231,38 @@ class FederationSettings(_Frozen):
     retry_after: int = Field(default=5, ge=1)
 
 
+class L2Settings(_Frozen):
+    """The second-level cache shared by every front end: memcached (several servers, consistent
+    hashing) or Redis (one URL). Invalidations reach the other front ends through Redis pub/sub, or
+    through a shared sequence that memcached front ends poll every ``poll_interval``."""
+
+    kind: Literal["memcached", "redis"]
+    servers: tuple[str, ...] = ()
+    url: str | None = None
+    namespace: str = Field(default="geofed:", pattern=r"^[A-Za-z0-9_.:-]{0,40}$")
+    timeout: Duration = 0.2
+    poll_interval: Duration = 0.05
+
+    @model_validator(mode="after")
+    def _target_fits_kind(self) -> L2Settings:
+        if self.kind == "memcached":
+            if not self.servers:
+                raise ValueError("memcached needs 'servers' (host:port, one or more)")
+            for server in self.servers:
+                host, _, port = server.rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError(f"not host:port: {server!r}")
+        elif self.url is None or urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("redis needs 'url' such as redis://127.0.0.1:6379/0")
+        return self
+
+
 class CacheSettings(_Frozen):
     max_entries: int = Field(default=100_000, ge=1)
     ttl: Duration = 300.0
     negative_ttl: Duration = 10.0
     max_listing_entries: int = Field(default=10_000, ge=0)
+    l2: L2Settings | None = None
 
 
 class HealthSettings(_Frozen):
