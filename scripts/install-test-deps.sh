@@ -3,7 +3,8 @@
 #   * Debian packages: Apache mod_dav_fs and nginx + dav-ext as WebDAV storage endpoints,
 #     davix/gfal2 as grid clients, wrk for load, curl; a Ceph mon + OSD + radosgw as the S3
 #     endpoint (the only local S3 server that really checks SigV4 signatures: s3rver and moto
-#     accept tampered ones), uuid-runtime for Ceph's OSD uuids;
+#     accept tampered ones), uuid-runtime for Ceph's OSD uuids; memcached and redis-server as
+#     the shared (L2) cache back ends;
 #   * Azurite 3.35.0 (npm) as the Azure Blob endpoint, into the project-local, gitignored
 #     .cache/azurite (pinned: 3.37+ needs Node >= 22; this machine kind has Node 20).
 #
@@ -15,8 +16,8 @@
 # another packaging, whose "nodejs" package conflicts with Debian's "npm"); only when node or npm
 # is missing are Debian's nodejs and npm added to the apt list.
 #
-# It never starts a service. The tests run their own Apache/nginx/Ceph/Azurite instances in the
-# foreground; a system-wide instance would only get in the way. When no policy-rc.d exists we
+# It never starts a service. The tests run their own Apache/nginx/Ceph/Azurite/memcached/Redis
+# instances in the foreground; a system-wide instance would only get in the way. When no policy-rc.d exists we
 # install a temporary one that forbids service starts during apt (the Debian mechanism honoured by
 # invoke-rc.d and deb-systemd-invoke), and remove it again afterwards. If a system service is
 # running anyway we leave it alone: we did not start it, so we do not stop it.
@@ -44,6 +45,8 @@ PACKAGES=(
     ceph-osd
     ceph-common
     uuid-runtime
+    memcached
+    redis-server
 )
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     PACKAGES+=(nodejs npm)

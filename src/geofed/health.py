@@ -14,11 +14,14 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geofed.config import HealthSettings
 from geofed.endpoints.base import Endpoint
 from geofed.errors import EndpointError
+
+if TYPE_CHECKING:
+    from geofed.federation.shared import SharedLayer
 
 log = logging.getLogger("geofed.health")
 
@@ -62,6 +65,8 @@ class HealthMonitor:
         self._settings = settings
         self.states = {name: EndpointState(name) for name in endpoints}
         self._unavailable: dict[str, str] = {}
+        self.shared: SharedLayer | None = None
+        """The second-level cache, when configured: probe results are shared through it."""
         self.generation = 0
         """Changes whenever the set of unusable endpoints changes (invalidates cached rankings)."""
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,5 +145,38 @@ class HealthMonitor:
 
     async def _loop(self, name: str) -> None:
         while True:
-            await self.check(name)
+            if not await self._adopt_shared(name):
+                state = await self.check(name)
+                if self.shared is not None:
+                    self.shared.store_health(
+                        name,
+                        {
+                            "sender": self.shared.sender,
+                            "at": time.time(),
+                            "up": state.up,
+                            "latency": state.latency,
+                            "error": state.last_error if state.up is False else None,
+                        },
+                        self._settings.interval * 3,
+                    )
             await asyncio.sleep(self._settings.interval)
+
+    async def _adopt_shared(self, name: str) -> bool:
+        """Take another front end's fresh probe of ``name`` instead of probing again, so one front
+        end's probe informs the others (and an endpoint is not probed N times per interval)."""
+        if self.shared is None:
+            return False
+        record = await self.shared.get_health(name)
+        if not record or record.get("sender") == self.shared.sender:
+            return False
+        at, up = record.get("at"), record.get("up")
+        if not isinstance(at, int | float) or time.time() - at > self._settings.interval / 2 or up is None:
+            return False
+        latency = record.get("latency")
+        error = record.get("error")
+        self._record(
+            name,
+            float(latency) if isinstance(latency, int | float) else 0.0,
+            None if up else str(error or "reported down by another front end"),
+        )
+        return True

@@ -16,9 +16,11 @@ from geofed.config import EndpointSettings, Location, Settings
 from geofed.endpoints.base import Endpoint, Entry
 from geofed.endpoints.local import LocalEndpoint
 from geofed.federation.cache import TTLCache
+from geofed.federation.l2 import create_shared_cache
 from geofed.federation.locator import LocateResult, Locator
 from geofed.federation.namespace import Namespace
 from geofed.federation.selection import Candidate, Ranking, rank
+from geofed.federation.shared import SharedLayer
 from geofed.geo import ClientLocator, ClientPlacement, GeoDatabase, normalise_ip
 from geofed.health import HealthMonitor
 from geofed.signing import URLSigner
@@ -77,6 +79,11 @@ class Federation:
             settings.federation.fuzz_km,
         )
         self.rng = rng or random.Random()
+        self.shared: SharedLayer | None = None
+        if settings.cache.l2 is not None:
+            self.shared = SharedLayer(create_shared_cache(settings.cache.l2), settings.cache.l2)
+            self.locator.shared = self.shared
+            self.health.shared = self.shared
         self.local_endpoints: Mapping[str, LocalEndpoint] = {
             n: e for n, e in self.endpoints.items() if isinstance(e, LocalEndpoint)
         }
@@ -118,13 +125,23 @@ class Federation:
 
     async def start(self, *, probe_first: bool = True) -> None:
         """Probe every endpoint once (so a dead one gets no traffic from the start), then monitor."""
+        if self.shared is not None:
+            await self.shared.cache.start()
+            self.shared.on_invalidation(self._forget_paths)
         if probe_first:
             await asyncio.gather(*(self.health.check(name) for name in self.endpoints))
         self.health.start()
 
+    def _forget_paths(self, paths: list[str]) -> None:
+        """Another front end wrote these paths: drop what this process cached about them."""
+        for path in paths:
+            self.locator.forget(path)
+
     async def stop(self) -> None:
         await self.health.stop()
         await self.locator.aclose()
+        if self.shared is not None:
+            await self.shared.aclose()
         await asyncio.gather(*(e.aclose() for e in self.endpoints.values()), return_exceptions=True)
         if self.geo_db is not None:
             self.geo_db.close()

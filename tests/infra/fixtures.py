@@ -1,6 +1,7 @@
 """pytest fixtures for real servers (loaded from ``tests/conftest.py`` via ``pytest_plugins``).
 
-WebDAV (Apache, nginx), S3 (Ceph RGW) and Azure Blob (Azurite). The servers are session-scoped
+WebDAV (Apache, nginx), S3 (Ceph RGW), Azure Blob (Azurite), and memcached/Redis for the shared
+(L2) cache. The servers are session-scoped
 because starting them costs ~50 ms (WebDAV), ~2 s (Azurite) and ~15 s (Ceph) while a test suite
 makes hundreds of requests; tests share them and must therefore use unique paths or keys (e.g. a
 uuid prefix). A missing component makes the fixture raise, so its tests fail instead of skipping.
@@ -18,6 +19,7 @@ import pytest
 
 from tests.infra.azurite import DEV_ACCOUNT, AzuriteServer, start_azurite
 from tests.infra.ceph import CephCluster, start_ceph_rgw
+from tests.infra.kv import start_memcached, start_redis
 from tests.infra.servers import RunningServer, start_apache_dav, start_nginx_dav
 
 # The three S3 "sites" of the ceph_rgw fixture: name → (bucket, own radosgw gateway?). CERN uses
@@ -96,6 +98,40 @@ def azurite(server_tmp_dir: Path) -> Iterator[AzuriteServer]:
     try:
         for container, account in AZURITE_CONTAINERS.items():
             server.create_container(account, container)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_server() -> Iterator[RunningServer]:
+    """memcached on loopback; ``.url`` is ``127.0.0.1:PORT``. Shared: use a unique L2 namespace."""
+    server = start_memcached()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def memcached_pair() -> Iterator[tuple[RunningServer, RunningServer]]:
+    """Two memcached servers, for keys spread by consistent hashing (shared, like the others)."""
+    first = start_memcached()
+    try:
+        second = start_memcached()
+        try:
+            yield first, second
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(server_tmp_dir: Path) -> Iterator[RunningServer]:
+    """redis-server on loopback, in memory only; ``.url`` is ``redis://127.0.0.1:PORT/0``."""
+    server = start_redis(server_tmp_dir / "redis")
+    try:
         yield server
     finally:
         server.stop()

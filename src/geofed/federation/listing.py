@@ -15,12 +15,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from geofed.endpoints.base import Endpoint, Entry, StatResult
 from geofed.errors import EndpointError, PathNotFound
 from geofed.federation.cache import TTLCache
 from geofed.federation.namespace import Namespace, Target
 from geofed.health import HealthMonitor
+
+if TYPE_CHECKING:
+    from geofed.federation.shared import SharedLayer
 
 log = logging.getLogger("geofed.listing")
 
@@ -56,9 +60,14 @@ class ListingMerger:
         self._ttl = ttl
         self._max_cached = max_cached_entries
         self._listable = [n for n, e in endpoints.items() if e.settings.listable]
+        self.shared: SharedLayer | None = None
 
     async def entries(self, path: str, outcome: ListingOutcome) -> AsyncIterator[Entry]:
         cached = self._cache.get(path)
+        if cached is None and self.shared is not None:
+            cached = await self.shared.get_listing(path)
+            if cached is not None:
+                self._cache.put(path, cached, self._ttl)
         if cached is not None:
             for entry in cached:
                 yield entry
@@ -99,6 +108,8 @@ class ListingMerger:
                     await task
         if keep is not None and not outcome.errors:
             self._cache.put(path, tuple(keep), self._ttl)
+            if self.shared is not None:
+                self.shared.store_listing(path, keep, self._ttl)
 
     async def _pump(self, target: Target, queue: asyncio.Queue[object], outcome: ListingOutcome) -> None:
         endpoint = self._endpoints[target.endpoint]

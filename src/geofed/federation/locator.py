@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geofed.config import CacheSettings, Location
 from geofed.endpoints.base import Endpoint, Entry, StatResult
@@ -33,6 +33,9 @@ from geofed.federation.namespace import Namespace, Target
 from geofed.federation.paths import parent
 from geofed.geo import ClientPlacement, great_circle_km
 from geofed.health import HealthMonitor
+
+if TYPE_CHECKING:
+    from geofed.federation.shared import SharedLayer
 
 log = logging.getLogger("geofed.locator")
 
@@ -139,6 +142,8 @@ class Locator:
         self._inflight: dict[str, _Fanout] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._writes: dict[str, float] = {}
+        self.shared: SharedLayer | None = None
+        """The second-level cache, when configured (set by the runtime before serving)."""
 
     def cached(self, path: str) -> LocateResult | None:
         """The cached answer for ``path``, if any (the hot path of a warm redirect)."""
@@ -176,7 +181,33 @@ class Locator:
 
         With ``writing``, negative answers for the path are not cached for a while: the client is
         uploading to the endpoint right now and must not be told 404 from the cache afterwards.
+        With a shared cache, its entries go too and the other front ends are told.
         """
+        self._forget_written(path, writing)
+        if self.shared is not None:
+            self.shared.invalidate_later([path])
+
+    async def invalidate_everywhere(self, path: str, *, writing: bool = False) -> None:
+        """``invalidate``, and with a shared cache wait until every front end has dropped what
+        the write made stale, so that a client's next request sees the write wherever it lands."""
+        self._forget_written(path, writing)
+        if self.shared is not None:
+            await self.shared.invalidate([path])
+
+    def _forget_written(self, path: str, writing: bool) -> None:
+        self.forget(path)
+        if writing:
+            now = time.monotonic()
+            if len(self._writes) > 10000:
+                self._writes = {p: t for p, t in self._writes.items() if t > now}
+            self._writes[path] = now + 600
+            self._writes[parent(path)] = now + 600
+
+    def forget(self, path: str) -> None:
+        """Drop this process's knowledge of ``path`` and its ancestors (``/`` forgets everything)."""
+        if path == "/" and self.shared is not None:
+            self._cache.clear()
+            self._listings.clear()
         # Ancestors too: a write may have created missing parent collections on the endpoint.
         current = path
         while True:
@@ -188,12 +219,6 @@ class Locator:
             if current == "/":
                 break
             current = parent(current)
-        if writing:
-            now = time.monotonic()
-            if len(self._writes) > 10000:
-                self._writes = {p: t for p, t in self._writes.items() if t > now}
-            self._writes[path] = now + 600
-            self._writes[parent(path)] = now + 600
 
     def write_pending(self, path: str) -> bool:
         until = self._writes.get(path)
@@ -215,19 +240,50 @@ class Locator:
         return fanout
 
     async def _run(self, fanout: _Fanout, targets: list[Target]) -> None:
+        if self.shared is not None and await self._from_shared(fanout):
+            return
         await asyncio.gather(*(self._ask(fanout, t) for t in targets))
         if self._inflight.get(fanout.path) is fanout:
             del self._inflight[fanout.path]
         if fanout.stale:
             return
         result = dataclasses.replace(fanout.snapshot(), cached=True)
+        ttl: float | None = None
         if result.complete:
             if result.replicas:
-                self._cache.put(fanout.path, result, self._cache_settings.ttl)
+                ttl = self._cache_settings.ttl
             elif not self.write_pending(fanout.path):
-                self._cache.put(fanout.path, result, self._cache_settings.negative_ttl)
+                ttl = self._cache_settings.negative_ttl
         elif result.replicas:
-            self._cache.put(fanout.path, result, self._cache_settings.negative_ttl)
+            ttl = self._cache_settings.negative_ttl
+        if ttl is not None:
+            self._cache.put(fanout.path, result, ttl)
+            if self.shared is not None and result.complete:
+                self.shared.store_locate(result, ttl)
+
+    async def _from_shared(self, fanout: _Fanout) -> bool:
+        """Answer a fan-out from L2 when another front end already located the path."""
+        assert self.shared is not None
+        found = await self.shared.get_locate(fanout.path)
+        if found is None or fanout.stale:
+            return False
+        usable = {r.endpoint: r for r in found.replicas if r.endpoint in self._endpoints}
+        for name in list(fanout.pending):
+            fanout.record(name, replica=usable.get(name))
+        for name, replica in usable.items():
+            if name not in fanout.found:
+                fanout.found[name] = replica
+        if self._inflight.get(fanout.path) is fanout:
+            del self._inflight[fanout.path]
+        result = dataclasses.replace(fanout.snapshot(), cached=True)
+        negative = not result.replicas
+        if not (negative and self.write_pending(fanout.path)):
+            self._cache.put(
+                fanout.path,
+                result,
+                self._cache_settings.negative_ttl if negative else self._cache_settings.ttl,
+            )
+        return True
 
     async def _ask(self, fanout: _Fanout, target: Target) -> None:
         endpoint = self._endpoints[target.endpoint]

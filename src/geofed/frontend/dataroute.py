@@ -90,7 +90,7 @@ class DataRoute:
                 raise NotFound(f"{path} does not exist on {name}") from exc
             except EndpointError as exc:
                 raise ServiceUnavailable(exc.reason) from exc
-            self._invalidate(name, path)
+            await self._invalidate(name, path)
             return web.Response(status=204)
         if request.method == "MKCOL":
             try:
@@ -99,7 +99,7 @@ class DataRoute:
                 raise Conflict(exc.reason) from exc
             if not created:
                 raise MethodNotAllowed(f"{path} already exists", headers={"Allow": "GET, HEAD, PUT, DELETE"})
-            self._invalidate(name, path)
+            await self._invalidate(name, path)
             return web.Response(status=201)
         raise MethodNotAllowed(f"{request.method} is not supported on the data route")
 
@@ -132,9 +132,9 @@ class DataRoute:
             with contextlib.suppress(OSError):
                 temporary.unlink()
             raise
-        self._invalidate(endpoint.name, path)
+        await self._invalidate(endpoint.name, path)
         return web.Response(status=204 if existed else 201)
 
-    def _invalidate(self, endpoint: str, path: str) -> None:
+    async def _invalidate(self, endpoint: str, path: str) -> None:
         for federated in self.fed.namespace.federated_paths(endpoint, path):
-            self.fed.locator.invalidate(federated)
+            await self.fed.locator.invalidate_everywhere(federated)

@@ -90,6 +90,7 @@ class FederationFrontEnd:
             fs.cache.ttl,
             fs.cache.max_listing_entries,
         )
+        self.listings.shared = federation.shared
         self._methods: dict[str, Handler] = {
             "GET": self.get,
             "HEAD": self.head,
@@ -283,7 +284,7 @@ class FederationFrontEnd:
         if path == "/" or self.fed.namespace.is_mount_point(path):
             raise MethodNotAllowed(f"{path} is a collection", headers={"Allow": ALLOWED})
         if multipart.UPLOAD_ID_HEADER in request.headers:
-            return self._multipart_parts(request, path, note)
+            return await self._multipart_parts(request, path, note)
         target = request.get(_PROXY_TARGET)
         if target is not None:  # chosen in the expect handler, before the body was sent
             return await self._proxy_upload(request, path, target[0], target[1], note)
@@ -310,7 +311,7 @@ class FederationFrontEnd:
                 request[_PROXY_TARGET] = (best.endpoint, best.path)
                 return _SEND_THE_BODY
             return await self._proxy_upload(request, path, best.endpoint, best.path, note)
-        self.fed.locator.invalidate(path, writing=True)
+        await self.fed.locator.invalidate_everywhere(path, writing=True)
         headers = {"Location": self._signed(request, "PUT", best.endpoint, best.path)}
         headers.update(multipart.offer_headers(endpoint, best.path, self.fed.url_lifetimes[best.endpoint]))
         note.decision, note.endpoint = "redirect", best.endpoint
@@ -330,17 +331,17 @@ class FederationFrontEnd:
         """Stream the body to the endpoint ourselves (see frontend.uploadproxy for why)."""
         endpoint = self.fed.endpoints[name]
         existed = (await self.fed.locator.locate(path, Want.FIRST, None)).replicas != ()
-        self.fed.locator.invalidate(path, writing=True)
+        await self.fed.locator.invalidate_everywhere(path, writing=True)
         try:
             await uploadproxy.stream_upload(request, endpoint, endpoint_path)
         except EndpointError as exc:
             raise _endpoint_http_error(exc, f"upload of {path} to {name} failed; nothing was stored") from exc
         finally:
-            self.fed.locator.invalidate(path)
+            await self.fed.locator.invalidate_everywhere(path)
         note.decision, note.endpoint = "proxy-upload", name
         return web.Response(status=204 if existed else 201)
 
-    def _multipart_parts(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+    async def _multipart_parts(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
         """Step 3 of the multipart protocol: sign the part and commit URLs on the endpoint the
         client was sent to (named by ``x-ugrpluginid``)."""
         name = request.headers.get(multipart.PLUGIN_ID_HEADER, "")
@@ -358,7 +359,7 @@ class FederationFrontEnd:
             count,
             self.fed.url_lifetimes[name],
         )
-        self.fed.locator.invalidate(path, writing=True)
+        await self.fed.locator.invalidate_everywhere(path, writing=True)
         note.decision, note.endpoint = "multipart", name
         return response
 
@@ -384,7 +385,7 @@ class FederationFrontEnd:
                 failures.append(f"{replica.endpoint}: {exc.reason}")
             else:
                 deleted.append(replica.endpoint)
-        self.fed.locator.invalidate(path)
+        await self.fed.locator.invalidate_everywhere(path)
         note.decision, note.endpoint = "delete", ",".join(deleted) or None
         if failures:
             done = f"deleted on {', '.join(deleted)}; " if deleted else ""
@@ -413,7 +414,7 @@ class FederationFrontEnd:
             await self.fed.endpoints[best.endpoint].makedirs(best.path)
         except EndpointError as exc:
             raise _endpoint_http_error(exc, f"cannot create {path}") from exc
-        self.fed.locator.invalidate(path)
+        await self.fed.locator.invalidate_everywhere(path)
         note.decision, note.endpoint = "mkcol", best.endpoint
         return web.Response(status=201)
 

@@ -26,10 +26,19 @@ def status_document(federation: Federation) -> dict[str, object]:
         )
         endpoints.append(state)
     cache = federation.locations_cache
+    l2: dict[str, object] | None = None
+    if federation.shared is not None:
+        l2_state = federation.shared.cache.state
+        l2 = {
+            "kind": federation.shared.cache.name,
+            "available": l2_state.available,
+            "last_error": l2_state.last_error,
+            "last_change": l2_state.last_change,
+        }
     return {
         "version": __version__,
         "endpoints": endpoints,
-        "cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses},
+        "cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses, "l2": l2},
     }
 
 
