@@ -14,17 +14,26 @@ from typing import Any
 from bench.cold import MAX_PATHS, ColdOptions, ColdResults, run_cold
 from bench.procs import shared_tmpdir
 from bench.report import machine_busy, table, versions
-from bench.warm import WarmOptions, WarmResults, run_warm
+from bench.warm import WarmOptions, WarmResults, compare_variants, run_warm, run_warm_s3
+from bench.workers import WorkersResults, run_workers
 
 FULL = {"duration": 5, "rounds": 3, "warmup": 2, "paths": 100}
 BUSY_WARNING = 0.05
 QUICK = {"duration": 1, "rounds": 2, "warmup": 1, "paths": 10}
+BENCHMARKS = ("warm", "warm-s3", "cold", "workers")
+DEFAULT_RUN = ("warm", "warm-s3", "cold")  # workers: only on request (see below)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="short durations: a smoke run (~30 s)")
-    parser.add_argument("--only", choices=("warm", "cold"), help="run one benchmark only")
+    parser.add_argument("--quick", action="store_true", help="short durations: a smoke run (~1 min)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        help="run only this benchmark (repeatable): warm (local endpoints), warm-s3 (S3 endpoints on "
+        "Ceph RGW), cold, workers (only run on request); default: warm, warm-s3 and cold",
+    )
     parser.add_argument("--duration", type=int, help="whole seconds per wrk run (default 5, quick 1)")
     parser.add_argument("--rounds", type=int, help="wrk rounds per server and mode (default 3, quick 2)")
     parser.add_argument("--paths", type=int, help="uncached paths for the cold benchmark (default 100)")
@@ -35,6 +44,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
     args.warmup = min(defaults["warmup"], args.duration)
+    args.only = set(args.only or DEFAULT_RUN)
     if not 1 <= args.duration <= 600 or not 1 <= args.rounds <= 20 or not 1 <= args.paths <= MAX_PATHS:
         parser.error(f"need 1 <= --duration <= 600, 1 <= --rounds <= 20, 1 <= --paths <= {MAX_PATHS}")
     return args
@@ -57,18 +67,36 @@ def main(argv: list[str] | None = None) -> int:
     print("  -- WARNING: the machine is not idle, expect noisy figures" if busy > BUSY_WARNING else "")
     print()
     warm: WarmResults | None = None
+    warm_s3: WarmResults | None = None
     cold: ColdResults | None = None
-    if args.only in (None, "warm"):
-        _log("running: warm GET -> 302 throughput ...")
+    warm_options = WarmOptions(args.duration, args.rounds, args.warmup)
+    if "warm" in args.only:
+        _log("running: warm GET -> 302 throughput, local endpoints ...")
         with shared_tmpdir("geofed-bench-warm-") as work:
-            warm = run_warm(work, WarmOptions(args.duration, args.rounds, args.warmup), _log)
+            warm = run_warm(work, warm_options, _log)
         print(warm.render())
         print()
-    if args.only in (None, "cold"):
+    if "warm-s3" in args.only:
+        _log("running: warm GET -> 302 throughput, S3 endpoints (Ceph RGW) ...")
+        with shared_tmpdir("geofed-bench-warm-s3-") as work:
+            warm_s3 = run_warm_s3(work, warm_options, _log)
+        print(warm_s3.render())
+        print()
+        if warm is not None:
+            print(compare_variants(warm, warm_s3))
+            print()
+    if "cold" in args.only:
         _log("running: cold locate ...")
         with shared_tmpdir("geofed-bench-cold-") as work:
             cold = run_cold(work, ColdOptions(args.paths), _log)
         print(cold.render())
+        print()
+    workers: WorkersResults | None = None
+    if "workers" in args.only:  # only on request: it cannot pin the servers to one CPU as the others do
+        _log("running: geofed serve --workers 1 vs 2 ...")
+        with shared_tmpdir("geofed-bench-workers-") as work:
+            workers = run_workers(work, warm_options, _log)
+        print(workers.render())
         print()
     busy = machine_busy()
     print(f"other load after the run: {busy:.0%} of all CPUs busy while idle")
@@ -76,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         document: dict[str, Any] = {"command": command, "versions": dict(versions())}
         document["warm"] = None if warm is None else asdict(warm)
+        document["warm_s3"] = None if warm_s3 is None else asdict(warm_s3)
         document["cold"] = None if cold is None else asdict(cold)
+        document["workers"] = None if workers is None else asdict(workers)
         args.json.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    problems = (warm.problems if warm else []) + (cold.problems if cold else [])
+    problems = [p for r in (warm, warm_s3, cold, workers) if r is not None for p in r.problems]
     return 1 if problems else 0

@@ -40,7 +40,15 @@ def main() -> None:
 @click.option("--host", help="Address to listen on (overrides the configuration).")
 @click.option("--port", type=int, help="Port to listen on (overrides the configuration).")
 @click.option("--demo-dir", default="var/demo", show_default=True, help="Where the demo sites live.")
-def serve(config: str | None, host: str | None, port: int | None, demo_dir: str) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes serving the port. Above 1, a supervisor binds the port, forks the workers and "
+    "replaces any that dies.",
+)
+def serve(config: str | None, host: str | None, port: int | None, demo_dir: str, workers: int) -> None:
     """Run the federation (the embedded demo of three local sites when no --config is given)."""
     from geofed.app import build_app
     from geofed.demo import demo_settings
@@ -53,6 +61,9 @@ def serve(config: str | None, host: str | None, port: int | None, demo_dir: str)
         settings = _load(config)
     server = settings.server
     host, port = host or server.host, port if port is not None else server.port
+    if workers > 1:
+        _serve_workers(settings, host, port, workers)
+        return
     try:
         import uvloop
 
@@ -62,6 +73,24 @@ def serve(config: str | None, host: str | None, port: int | None, demo_dir: str)
     url = server.public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     click.echo(f"geofed {__version__}: open {url}  (status: {url.rstrip('/')}/_geofed/status)")
     web.run_app(build_app(settings), host=host, port=port, access_log=None, print=None)
+
+
+def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    """``serve --workers N`` (N > 1): bind here, then hand over to the supervisor (geofed.workers)."""
+    from geofed.workers import Supervisor, bind_listeners
+
+    try:
+        listeners = bind_listeners(host, port, workers)
+    except OSError as exc:
+        click.echo(f"geofed: cannot listen on {host}:{port}: {exc}", err=True)
+        sys.exit(1)
+    port = listeners.port  # the real one when the configuration says 0
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    url = settings.server.public_url or f"http://{shown}:{port}/"
+    click.echo(
+        f"geofed {__version__}: open {url}  (status: {url.rstrip('/')}/_geofed/status; {workers} workers)"
+    )
+    sys.exit(Supervisor(settings, listeners, workers).run())
 
 
 @main.command("check-config")
