@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,12 @@ def serve(config: str | None, host: str | None, port: int | None, demo_dir: str,
     server = settings.server
     host, port = host or server.host, port if port is not None else server.port
     if workers > 1:
+        if settings.cache.l2 is None:
+            click.echo(
+                "geofed: warning: --workers without cache.l2: each worker caches alone, so a write "
+                "through one may not be seen through the others until cache.negative_ttl passes",
+                err=True,
+            )
         _serve_workers(settings, host, port, workers)
         return
     try:
@@ -70,9 +77,16 @@ def serve(config: str | None, host: str | None, port: int | None, demo_dir: str,
         uvloop.install()
     except ImportError:
         pass
+    # Bind before anything starts: a port in use is reported at once, with nothing to unwind.
+    try:
+        sock = socket.create_server((host, port), backlog=1024)
+    except OSError as exc:
+        click.echo(f"geofed: cannot listen on {host}:{port}: {exc.strerror}", err=True)
+        sys.exit(1)
+    port = sock.getsockname()[1]
     url = server.public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     click.echo(f"geofed {__version__}: open {url}  (status: {url.rstrip('/')}/_geofed/status)")
-    web.run_app(build_app(settings), host=host, port=port, access_log=None, print=None)
+    web.run_app(build_app(settings), sock=sock, access_log=None, print=None)
 
 
 def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:

@@ -353,7 +353,6 @@ def test_a_second_geofed_on_the_same_port_is_refused(tmp_path: Path) -> None:
     with serve(tmp_path) as served:
         config = tmp_path / "geofed.yaml"
         for workers in ("2", "1"):
-            print(subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout)
             # (SO_REUSEPORT alone would let a second group join the first one's port)
             argv = [*_geofed_argv(), "serve", "--workers", workers, "--config", str(config)]
             second = subprocess.run(
