@@ -55,6 +55,8 @@ from tests.infra.servers import RunningServer
 SERVERS = ("1 worker", "2 workers", "2 shared")
 MODES = ("keep-alive", "conn-close")
 READY_TIMEOUT_S = 20.0
+NOISY_CPUS = 0.1
+"""More CPU than this (in CPUs) used by other processes during a run makes the report warn."""
 _SERVING = re.compile(r"worker (\d+) serving http://")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat counts CPU time in these ticks
 _SHARED_SOCKET = (
@@ -73,6 +75,8 @@ class Run:
     seconds: float
     connections: list[int]
     """wrk's connections held by each worker half-way through the run."""
+    others_cpu: float = 0.0
+    """User CPU seconds that other processes used during the run (they make it noisy)."""
 
 
 @dataclass
@@ -148,6 +152,14 @@ class WorkersResults:
                 f"  {name}: wrk's {CONNECTIONS} keep-alive connections per worker, each round: {splits}"
             )
         lines.append("  CPUs: CPU seconds per second of run, of all server processes (each worker) | of wrk")
+        others = [
+            r.others_cpu / r.seconds for mode in MODES for name in SERVERS for r in self.runs[mode][name]
+        ]
+        lines.append(
+            f"  other processes during the runs (user time): median {median(others):.2f} CPUs, "
+            f"most {max(others):.2f}"
+            + ("  -- WARNING: busy machine, noisy figures" if max(others) > NOISY_CPUS else "")
+        )
         lines.append(
             f"  2 workers' access log: {self.access_log_lines:,} redirect lines for "
             f"{self.requests_2_workers:,} requests wrk counted"
@@ -160,18 +172,25 @@ class WorkersResults:
 # -- /proc ----------------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` so far (0 once it has gone)."""
+def _cpu_seconds(pid: int, user_only: bool = False) -> float:
+    """CPU time of ``pid`` so far, user + system or user only (0 once it has gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    return (int(fields[11]) + (0 if user_only else int(fields[12]))) / _CLOCK_TICKS
 
 
-def _children_cpu() -> float:
+def _machine_user_cpu() -> float:
+    """User CPU seconds of the whole machine so far (/proc/stat: user + nice)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        user, nice = stat.readline().split()[1:3]
+    return (int(user) + int(nice)) / _CLOCK_TICKS
+
+
+def _children_cpu(user_only: bool = False) -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + (0.0 if user_only else usage.ru_stime)
 
 
 def _connections_held(port: int, pids: Sequence[int]) -> list[int]:
@@ -245,6 +264,9 @@ def _measure(argv: list[str], duration_s: int, port: int, pids: list[int], worke
     """Run wrk; half-way through, sample which worker holds its connections."""
     before = {pid: _cpu_seconds(pid) for pid in pids}
     wrk_before = _children_cpu()
+    # Noise: user time spent by anything else (the kernel's network work is system time).
+    ours_user_before = sum(_cpu_seconds(pid, user_only=True) for pid in pids) + _children_cpu(True)
+    machine_user_before = _machine_user_cpu()
     started = time.monotonic()
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         time.sleep(duration_s / 2)
@@ -254,7 +276,10 @@ def _measure(argv: list[str], duration_s: int, port: int, pids: list[int], worke
         raise RuntimeError(f"wrk failed ({process.returncode}): {err or out}")
     seconds = time.monotonic() - started
     cpu = {pid: _cpu_seconds(pid) - before[pid] for pid in pids}
-    return Run(parse_wrk(out), cpu, _children_cpu() - wrk_before, seconds, connections)
+    wrk_cpu = _children_cpu() - wrk_before
+    ours_user = sum(_cpu_seconds(pid, user_only=True) for pid in pids) + _children_cpu(True)
+    others = (_machine_user_cpu() - machine_user_before) - (ours_user - ours_user_before)
+    return Run(parse_wrk(out), cpu, wrk_cpu, seconds, connections, others)
 
 
 def run_workers(work: Path, options: WarmOptions, log: Callable[[str], None]) -> WorkersResults:

@@ -10,13 +10,19 @@ anything is forked; ``port: 0`` picks one free port for all; a connection that a
 workers start waits in a queue instead of being refused; and, because the supervisor keeps its
 copies open, the port stays bound while a dead worker is replaced.
 
-**A SO_REUSEPORT socket per worker, not one shared socket.** Both were built and measured. With one
-socket shared by all workers, each new connection wakes every idle worker and whichever runs first
-accepts everything queued (libuv accepts until ``EAGAIN``). When wrk opened its 32 keep-alive
-connections at once, six runs split them 28/4, 16/16, 4/28, 31/1, 4/28 and 32/0 between two
-workers, so the second worker often added nothing; a reverse proxy opening its pool of keep-alive
-connections to geofed would fare the same. With one socket per worker in a ``SO_REUSEPORT`` group,
-the kernel hashes each connection to one of them: six runs split 10/22 to 18/14. The costs:
+**A SO_REUSEPORT socket per worker, not one shared socket.** Both were built and measured
+(``bench/workers.py``; figures in bench/README.md, "Workers"). With one socket shared by all
+workers, a new connection wakes every idle worker and whichever runs first accepts everything
+queued (libuv accepts until ``EAGAIN``). When wrk opened its 32 keep-alive connections at once, the
+split between two workers was mostly lopsided (27/5, 29/3, 31/1, ...), and in 6 of 35 rounds one
+worker got none at all: for the life of those connections the pair served no more than one worker
+(about 38k req/s instead of 53-57k). A reverse proxy opening its pool of keep-alive connections
+to geofed would be exposed the same way. With one socket per worker in a ``SO_REUSEPORT`` group,
+the kernel hashes each connection to one of them: from 10/22 to 16/16, never all on one. The
+shared socket does better on average when every request opens a new connection (1.35-1.38 times
+one worker, against 1.15-1.32), because an idle worker takes the next connection where hashing
+ignores load; with keep-alive the medians are within a few percent. The worst case decides. The
+costs of ``SO_REUSEPORT``:
 
 * a connection hashed to a dead worker's socket waits in that socket's queue until the replacement
   accepts it (the supervisor still holds the socket, so it is neither refused nor reset); a
