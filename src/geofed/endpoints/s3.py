@@ -37,6 +37,7 @@ from geofed.config import EndpointSettings
 from geofed.endpoints.base import Capabilities, Endpoint, Entry, StatResult
 from geofed.endpoints.credentials import S3Keys, s3_keys
 from geofed.endpoints.davxml import parse_http_date, parse_length
+from geofed.endpoints.httpbody import capped_chunks
 from geofed.endpoints.s3xml import (
     ListPage,
     S3XMLError,
@@ -51,7 +52,7 @@ from geofed.errors import EndpointError, EndpointRefused, EndpointUnavailable, P
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 64 * 1024
+
 #: A ListObjectsV2 page holds at most 1000 keys of at most 1 KiB each, plus a little XML per key.
 MAX_LIST_BODY = 8 << 20
 #: Error documents and other small answers are read up to this size.
@@ -172,15 +173,11 @@ class S3Endpoint(Endpoint):
 
     async def _read(self, response: aiohttp.ClientResponse, what: str, limit: int) -> bytes:
         """The whole body, refusing one larger than ``limit`` (not a real S3 answer)."""
-        chunks: list[bytes] = []
-        seen = 0
-        async for chunk in response.content.iter_chunked(CHUNK_SIZE):
-            seen += len(chunk)
-            if seen > limit:
-                response.close()
-                raise EndpointUnavailable(self.name, f"{what}: answer larger than {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+        def too_large() -> Exception:
+            return EndpointUnavailable(self.name, f"{what}: answer larger than {limit} bytes")
+
+        return b"".join([chunk async for chunk in capped_chunks(response, limit, too_large)])
 
     async def _error(self, what: str, response: aiohttp.ClientResponse) -> EndpointError:
         """The contract's error for an unwanted answer, with the S3 error code when there is one."""

@@ -44,11 +44,11 @@ from geofed.endpoints.davxml import (
     parse_length,
     propfind_body,
 )
+from geofed.endpoints.httpbody import CHUNK_SIZE, capped_chunks
 from geofed.errors import EndpointError, EndpointRefused, EndpointUnavailable, PathNotFound
 
 logger = logging.getLogger(__name__)
 
-CHUNK_SIZE = 64 * 1024
 #: A Depth 0 answer describes one resource; anything near this size is not a real answer.
 MAX_STAT_BODY = 1 << 20
 #: A Depth 1 answer is parsed as it streams in (memory stays at one chunk plus the entries not yet
@@ -181,12 +181,12 @@ class WebDAVEndpoint(Endpoint):
     ) -> AsyncGenerator[list[DavItem], None]:
         """Batches of entries parsed from a 207 body as its chunks arrive."""
         parser = MultistatusParser()
-        seen = 0
+
+        def too_large() -> Exception:
+            return EndpointUnavailable(self.name, f"PROPFIND {path}: answer larger than {limit} bytes")
+
         try:
-            async for chunk in response.content.iter_chunked(CHUNK_SIZE):
-                seen += len(chunk)
-                if seen > limit:
-                    raise EndpointUnavailable(self.name, f"PROPFIND {path}: answer larger than {limit} bytes")
+            async for chunk in capped_chunks(response, limit, too_large):
                 if batch := parser.feed(chunk):
                     yield batch
             if batch := parser.close():
