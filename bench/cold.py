@@ -32,6 +32,7 @@ from bench.procs import VENV_BIN, curl_head_of, launch
 from bench.report import commands_and_problems, median, percentile, table, verdict
 from geofed import __version__
 from geofed.endpoints.davxml import propfind_body
+from tests.infra.policies import OPEN_POLICY
 from tests.infra.servers import LOOPBACK, RunningServer, start_delay_proxy, start_nginx_dav
 
 TARGET_RATIO = 1.2
@@ -154,6 +155,7 @@ def _geofed_config(work: Path, proxies: dict[str, RunningServer]) -> Path:
     config = {
         "server": {"host": LOOPBACK, "port": 0},  # the real port is given on the command line
         "signing": {"secret": secrets.token_urlsafe(32)},
+        "auth": OPEN_POLICY,
         "health": {"interval": "6h", "timeout": "5s"},  # one probe at start, none while measuring
         "client_networks": [{"cidr": "127.0.0.0/8", "location": CLIENT_LOCATION}],
         "endpoints": [

@@ -29,12 +29,14 @@ from geofed.config import Settings, settings_from_mapping
 from geofed.federation.locator import Want
 from geofed.runtime import Federation
 from tests.infra.kv import start_memcached, start_redis
+from tests.infra.policies import OPEN_POLICY
 
 
 def _settings(root: Path, l2: dict[str, object]) -> Settings:
     return settings_from_mapping(
         {
             "signing": {"secret": secrets.token_urlsafe(24)},
+            "auth": OPEN_POLICY,
             "cache": {"l2": l2, "max_entries": 1_000_000},
             "health": {"interval": "1h"},
             "endpoints": [{"name": "disk", "kind": "local", "url": root.as_uri()}],

@@ -41,6 +41,7 @@ from bench.procs import (
 )
 from bench.report import commands_and_problems, machine_busy, median, table, verdict
 from bench.s3sites import RgwSites, check_presigned, link_urls, rgw_sites
+from tests.infra.policies import OPEN_POLICY
 from tests.infra.servers import LOOPBACK, RunningServer
 
 SAMPLE_PATH = "/bench/sample.dat"
@@ -208,6 +209,7 @@ def _geofed_config(work: Path, endpoints: list[dict[str, Any]] | None = None) ->
     config = {
         "server": {"host": LOOPBACK, "port": 0},  # the real port is given on the command line
         "signing": {"secret": secrets.token_urlsafe(32), "url_lifetime": "10m"},
+        "auth": OPEN_POLICY,
         # The cache must stay warm for the whole run (default ttl 5 min); probes must not interfere.
         "cache": {"ttl": "6h"},
         "health": {"interval": "6h", "timeout": "5s"},

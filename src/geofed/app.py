@@ -54,6 +54,7 @@ def build_app(
         yield
         if access_log is not None:
             await access_log.stop()
+        await frontend.gate.close()
         await federation.stop()
 
     app.cleanup_ctx.append(lifespan)

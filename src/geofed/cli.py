@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,30 @@ from geofed.runtime import Federation
 
 
 def _load(config: str) -> Settings:
+    """Settings, with the files they name (policy file, member lists, TLS files) checked too."""
     try:
-        return load_settings(config)
+        settings = load_settings(config)
+        _check_security_files(settings)
     except ConfigError as exc:
         click.echo(f"geofed: {exc}", err=True)
         sys.exit(2)
+    return settings
+
+
+def _check_security_files(settings: Settings) -> int:
+    """Read what ``auth`` and ``server.tls`` point at, so a broken file stops geofed at start; return
+    the number of policy rules."""
+    from geofed.auth.members import VOMemberList
+    from geofed.auth.policy import load_policy_file
+    from geofed.auth.tlsctx import server_context
+
+    rules = len(settings.auth.policy)
+    if settings.auth.policy_file is not None:
+        rules += len(load_policy_file(settings.auth.policy_file))
+    VOMemberList.from_settings(settings.auth.vo_members)
+    if settings.server.tls is not None:
+        server_context(settings.server.tls)
+    return rules
 
 
 @click.group()
@@ -84,9 +104,24 @@ def serve(config: str | None, host: str | None, port: int | None, demo_dir: str,
         click.echo(f"geofed: cannot listen on {host}:{port}: {exc.strerror}", err=True)
         sys.exit(1)
     port = sock.getsockname()[1]
-    url = server.public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    scheme = "https" if server.tls is not None else "http"
+    url = server.public_url or f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    tls = _tls_context(settings)
     click.echo(f"geofed {__version__}: open {url}  (status: {url.rstrip('/')}/_geofed/status)")
-    web.run_app(build_app(settings), sock=sock, access_log=None, print=None)
+    web.run_app(build_app(settings), sock=sock, access_log=None, print=None, ssl_context=tls)
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS context, or None for plain HTTP; a bad certificate or CA directory exits 2."""
+    if settings.server.tls is None:
+        return None
+    from geofed.auth.tlsctx import server_context
+
+    try:
+        return server_context(settings.server.tls)
+    except ConfigError as exc:
+        click.echo(f"geofed: {exc}", err=True)
+        sys.exit(2)
 
 
 def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
@@ -99,8 +134,10 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
         click.echo(f"geofed: cannot listen on {host}:{port}: {exc}", err=True)
         sys.exit(1)
     port = listeners.port  # the real one when the configuration says 0
+    _tls_context(settings)  # a bad certificate is reported once, here, not by every worker
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
-    url = settings.server.public_url or f"http://{shown}:{port}/"
+    scheme = "https" if settings.server.tls is not None else "http"
+    url = settings.server.public_url or f"{scheme}://{shown}:{port}/"
     click.echo(
         f"geofed {__version__}: open {url}  (status: {url.rstrip('/')}/_geofed/status; {workers} workers)"
     )
@@ -112,7 +149,13 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
 def check_config(config: str) -> None:
     """Validate a configuration file; exit non-zero with the reason when it is invalid."""
     settings = _load(config)
-    click.echo(f"{config}: valid ({len(settings.endpoints)} endpoints)")
+    rules = _check_security_files(settings)
+    click.echo(f"{config}: valid ({len(settings.endpoints)} endpoints, {rules} policy rules)")
+    if rules == 0 and not settings.auth.tokens.issuers:
+        click.echo(
+            f"{config}: warning: no policy rule and no token issuer: every request will be refused",
+            err=True,
+        )
 
 
 @main.command()

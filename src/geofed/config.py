@@ -14,14 +14,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -29,33 +26,12 @@ from pydantic import (
     model_validator,
 )
 
+from geofed.auth.settings import AuthSettings, TLSSettings
 from geofed.errors import ConfigError
+from geofed.settingtypes import Duration
+from geofed.settingtypes import Frozen as _Frozen
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a string such as ``"300ms"``, ``"3s"``, ``"5m"``, ``"1h"``."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 3s, 500ms or 5m")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    else:
-        raise ValueError(f"expected a duration such as 3s, 500ms or 5m, got {value!r}")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Location(_Frozen):
@@ -201,6 +177,7 @@ class ServerSettings(_Frozen):
     max_propfind_body: int = Field(default=65536, ge=1024)
     max_unread_put_body: int = Field(default=1 << 20, ge=0)
     access_log: bool = True
+    tls: TLSSettings | None = None
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -281,6 +258,7 @@ class Settings(_Frozen):
     cache: CacheSettings = CacheSettings()
     health: HealthSettings = HealthSettings()
     client_networks: tuple[ClientNetwork, ...] = ()
+    auth: AuthSettings = AuthSettings()
     endpoints: tuple[EndpointSettings, ...]
 
     @model_validator(mode="after")

@@ -53,6 +53,9 @@ def demo_mapping(base: Path, host: str = "127.0.0.1", port: int = 8080) -> dict[
         "signing": {"secret": secrets.token_urlsafe(32), "url_lifetime": "10m"},
         "federation": {"locate_timeout": "3s", "fuzz_km": 50},
         "health": {"interval": "10s", "timeout": "2s"},
+        # The demo runs on loopback with sample files only: everyone may do everything. A real
+        # deployment lists who may do what (docs/configuration.md, `auth`).
+        "auth": {"policy": [{"path": "/", "allow": ["all"], "to": ["anyone"]}]},
         "client_networks": [
             {"cidr": cidr, "location": {"lat": SITES[site][1], "lon": SITES[site][2]}}
             for cidr, site in CLIENT_NETWORKS.items()

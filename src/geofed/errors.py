@@ -71,6 +71,15 @@ class BadRequest(HTTPError):
     status = 400
 
 
+class Unauthorized(HTTPError):
+    """No credential was offered (or a bearer token was refused) where one is needed."""
+
+    status = 401
+
+    def __init__(self, detail: str | None = None, *, challenge: str = 'Bearer realm="geofed"') -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": challenge})
+
+
 class Forbidden(HTTPError):
     status = 403
 

@@ -269,6 +269,7 @@ def _loop_factory() -> type[asyncio.AbstractEventLoop] | None:
 async def _serve(spec: WorkerSpec) -> None:
     """Serve the inherited sockets until SIGTERM (or the supervisor's death), then stop gracefully."""
     from geofed.app import build_app  # after the fork: nothing of the app exists in the supervisor
+    from geofed.auth.tlsctx import server_context
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -282,7 +283,8 @@ async def _serve(spec: WorkerSpec) -> None:
         keepalive_timeout=KEEPALIVE_TIMEOUT_S,
     )
     await runner.setup()  # the application's start-up: endpoint probes, health loop, access log
-    sites = [web.SockSite(runner, sock, backlog=BACKLOG) for sock in spec.sockets]
+    tls = server_context(spec.settings.server.tls) if spec.settings.server.tls is not None else None
+    sites = [web.SockSite(runner, sock, backlog=BACKLOG, ssl_context=tls) for sock in spec.sockets]
     watchdog = asyncio.create_task(_watch_supervisor(spec.supervisor_pid, stop))
     try:
         if not stop.is_set():

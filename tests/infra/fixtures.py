@@ -1,7 +1,7 @@
 """pytest fixtures for real servers (loaded from ``tests/conftest.py`` via ``pytest_plugins``).
 
-WebDAV (Apache, nginx), S3 (Ceph RGW), Azure Blob (Azurite), and memcached/Redis for the shared
-(L2) cache. The servers are session-scoped
+WebDAV (Apache, nginx), S3 (Ceph RGW), Azure Blob (Azurite), memcached/Redis for the shared
+(L2) cache, and the X509 test PKI. The servers are session-scoped
 because starting them costs ~50 ms (WebDAV), ~2 s (Azurite) and ~15 s (Ceph) while a test suite
 makes hundreds of requests; tests share them and must therefore use unique paths or keys (e.g. a
 uuid prefix). A missing component makes the fixture raise, so its tests fail instead of skipping.
@@ -20,6 +20,7 @@ import pytest
 from tests.infra.azurite import DEV_ACCOUNT, AzuriteServer, start_azurite
 from tests.infra.ceph import CephCluster, start_ceph_rgw
 from tests.infra.kv import start_memcached, start_redis
+from tests.infra.pki import Pki, make_pki
 from tests.infra.servers import RunningServer, start_apache_dav, start_nginx_dav
 
 # The three S3 "sites" of the ceph_rgw fixture: name → (bucket, own radosgw gateway?). CERN uses
@@ -135,3 +136,9 @@ def redis_server(server_tmp_dir: Path) -> Iterator[RunningServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def grid_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The test PKI (CA with CRL, host, users, VOMS servers, vomsdir, member list), made once."""
+    return make_pki(tmp_path_factory.mktemp("pki"))

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from geofed.app import ACCESS_LOG_KEY, FEDERATION_KEY, build_app
+from geofed.auth.tlsctx import server_context
 from geofed.config import Settings
 from geofed.runtime import Federation
 
@@ -45,7 +46,8 @@ class GeofedServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.settings.server.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def federation(self) -> Federation:
@@ -79,7 +81,8 @@ class GeofedServer:
         app = build_app(self.settings, access_stream=self.access_log, probe_first=self.probe_first)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, 0)
+        tls = self.settings.server.tls
+        site = web.TCPSite(self._runner, self.host, 0, ssl_context=server_context(tls) if tls else None)
         await site.start()
         server = site._server
         assert server is not None and server.sockets

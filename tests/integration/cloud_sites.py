@@ -17,6 +17,7 @@ from geofed.config import Settings, settings_from_mapping
 from tests.infra.azurite import AzuriteServer
 from tests.infra.ceph import CephCluster
 from tests.infra.geoip import build_city_db
+from tests.infra.policies import OPEN_POLICY
 from tests.infra.servers import RunningServer
 
 # endpoint name → (city, country, lat, lon, client network, a client address there)
@@ -89,6 +90,7 @@ class CloudFederation:
     def settings(self, **sections: Any) -> Settings:
         mapping: dict[str, Any] = {
             "signing": {"secret": secrets.token_urlsafe(24)},
+            "auth": OPEN_POLICY,
             "geoip": {"database": str(self.geoip)},
             "federation": {"locate_timeout": "3s", "fuzz_km": 0},
             "health": {"interval": "30s", "timeout": "3s"},

@@ -26,6 +26,7 @@ import pytest
 
 from geofed.config import Settings, settings_from_mapping
 from tests.infra.geofed_server import GeofedServer
+from tests.infra.policies import OPEN_POLICY
 from tests.infra.servers import WORKER_USER, RunningServer
 
 BACKENDS = ("local", "apache", "nginx")
@@ -83,6 +84,7 @@ def build_settings(
     mapping: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
         "signing": {"secret": secrets.token_urlsafe(32), "url_lifetime": "10m"},
+        "auth": OPEN_POLICY,
         "federation": {"locate_timeout": "5s"},
         "health": {"interval": "60s", "timeout": "3s"},
         "endpoints": entries,

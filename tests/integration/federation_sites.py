@@ -20,6 +20,7 @@ from typing import Any
 
 from geofed.config import Settings, settings_from_mapping
 from tests.infra.geoip import build_city_db
+from tests.infra.policies import OPEN_POLICY
 from tests.infra.servers import RunningServer, start_apache_dav, start_nginx_dav
 
 CITIES = {
@@ -71,6 +72,7 @@ class Sites:
             )
         mapping: dict[str, Any] = {
             "signing": {"secret": secrets.token_urlsafe(24)},
+            "auth": OPEN_POLICY,
             "geoip": {"database": str(self.geoip)},
             "federation": {"locate_timeout": "2s", "fuzz_km": 0},
             "health": {"interval": "0.2s", "timeout": "0.5s"},

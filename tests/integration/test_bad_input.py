@@ -13,6 +13,7 @@ import pytest
 
 from geofed.config import settings_from_mapping
 from tests.infra.geofed_server import GeofedServer
+from tests.infra.policies import OPEN_POLICY
 from tests.integration.federation_sites import curl
 
 pytestmark = pytest.mark.integration
@@ -37,6 +38,7 @@ def server(tree: Path) -> Iterator[GeofedServer]:
     settings = settings_from_mapping(
         {
             "signing": {"secret": secrets.token_urlsafe(24)},
+            "auth": OPEN_POLICY,
             "server": {"max_propfind_body": 4096},
             "endpoints": [
                 {

@@ -10,6 +10,7 @@ import pytest
 
 from geofed.config import settings_from_mapping
 from tests.infra.geofed_server import GeofedServer
+from tests.infra.policies import OPEN_POLICY
 from tests.integration.federation_sites import curl
 
 pytestmark = pytest.mark.integration
@@ -23,6 +24,7 @@ def served(tmp_path: Path) -> Iterator[tuple[GeofedServer, Path]]:
     settings = settings_from_mapping(
         {
             "signing": {"secret": secrets.token_urlsafe(24)},
+            "auth": OPEN_POLICY,
             "endpoints": [{"name": "site", "kind": "local", "url": root.as_uri(), "writable": True}],
         },
         environ={},

@@ -17,6 +17,7 @@ import pytest
 from geofed.config import settings_from_mapping
 from tests.infra.faulty import server_answering_500, server_resetting_connections
 from tests.infra.geofed_server import GeofedServer
+from tests.infra.policies import OPEN_POLICY
 from tests.integration.federation_sites import curl
 
 pytestmark = pytest.mark.integration
@@ -59,6 +60,7 @@ def federation(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> Ite
         settings = settings_from_mapping(
             {
                 "signing": {"secret": secrets.token_urlsafe(24)},
+                "auth": OPEN_POLICY,
                 "federation": {"locate_timeout": "2s"},
                 "health": {"interval": "60s", "timeout": "2s"},
                 "endpoints": [

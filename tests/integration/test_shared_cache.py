@@ -15,6 +15,7 @@ import pytest
 
 from geofed.config import settings_from_mapping
 from tests.infra.geofed_server import GeofedServer
+from tests.infra.policies import OPEN_POLICY
 from tests.infra.servers import RunningServer
 from tests.integration.federation_sites import curl
 
@@ -48,6 +49,7 @@ def front_ends(
     settings = settings_from_mapping(
         {
             "signing": {"secret": secrets.token_urlsafe(24)},
+            "auth": OPEN_POLICY,
             "cache": {"ttl": "300s", "negative_ttl": "300s", "l2": l2_settings(request.param, server)},
             "health": {"interval": "2s"},
             "endpoints": [
@@ -134,6 +136,7 @@ def test_l2_outage_is_survived_reported_and_recovered(kind: str, tmp_path: Path)
     settings = settings_from_mapping(
         {
             "signing": {"secret": secrets.token_urlsafe(24)},
+            "auth": OPEN_POLICY,
             "cache": {"l2": l2_settings(kind, server)},
             "endpoints": [{"name": "site", "kind": "local", "url": (tmp_path / "site").as_uri()}],
         },

@@ -32,6 +32,7 @@ import yaml
 
 from geofed.endpoints.local import UPLOAD_PREFIX
 from geofed.workers import RestartBudget
+from tests.infra.policies import OPEN_POLICY
 from tests.infra.servers import LOOPBACK, free_port
 
 pytestmark = pytest.mark.integration
@@ -61,6 +62,7 @@ def _write_config(tmp: Path) -> tuple[Path, dict[str, Path]]:
     config = {
         "server": {"host": LOOPBACK, "port": 0},  # the port comes from --port
         "signing": {"secret": secrets.token_urlsafe(32), "url_lifetime": "10m"},
+        "auth": OPEN_POLICY,
         "health": {"interval": "60s", "timeout": "3s"},
         "client_networks": [{"cidr": "127.0.0.0/8", "location": {"lat": 46.2, "lon": 6.1}}],
         "endpoints": [

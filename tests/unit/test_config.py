@@ -6,8 +6,9 @@ import pytest
 from click.testing import CliRunner
 
 from geofed.cli import main
-from geofed.config import load_settings, parse_duration, settings_from_mapping
+from geofed.config import load_settings, settings_from_mapping
 from geofed.errors import ConfigError
+from geofed.settingtypes import parse_duration
 
 MINIMAL = """
 signing: {secret: "${GEOFED_SECRET}"}
@@ -135,9 +136,24 @@ def test_check_config_command(tmp_path: Path) -> None:
         main, ["check-config", str(write(tmp_path, MINIMAL))], env={"GEOFED_SECRET": "s" * 20}
     )
     assert good.exit_code == 0, good.output
-    assert "valid (2 endpoints)" in good.output
+    assert "valid (2 endpoints, 0 policy rules)" in good.output
+    assert "every request will be refused" in good.output
     bad_path = tmp_path / "bad.yaml"
     bad_path.write_text(MINIMAL.replace("kind: local", "kind: tape"))
     bad = runner.invoke(main, ["check-config", str(bad_path)], env={"GEOFED_SECRET": "s" * 20})
     assert bad.exit_code == 2
     assert "endpoints[1].kind" in bad.output
+
+
+def test_check_config_reads_the_policy_file(tmp_path: Path) -> None:
+    runner = CliRunner()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("- {path: /atlas, allow: [read, list], to: [{vo: atlas}]}\n")
+    text = MINIMAL + f"auth: {{policy_file: {policy}}}\n"
+    good = runner.invoke(main, ["check-config", str(write(tmp_path, text))], env={"GEOFED_SECRET": "s" * 20})
+    assert good.exit_code == 0, good.output
+    assert "1 policy rules" in good.output and "refused" not in good.output
+    policy.write_text("- {path: /atlas, allow: [fly], to: [anyone]}\n")
+    bad = runner.invoke(main, ["check-config", str(write(tmp_path, text))], env={"GEOFED_SECRET": "s" * 20})
+    assert bad.exit_code == 2
+    assert "policy.yaml" in bad.output and "allow" in bad.output

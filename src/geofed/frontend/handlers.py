@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from geofed.auth.identity import ANONYMOUS, Identity, Privilege
 from geofed.config import ServerSettings
 from geofed.endpoints.base import StatResult
 from geofed.errors import (
@@ -38,6 +39,7 @@ from geofed.federation.paths import basename, is_clean_request_path, parent, req
 from geofed.frontend import listing_html, multipart, propfind, uploadproxy
 from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.clientaddr import ClientAddressResolver
+from geofed.frontend.gate import AccessGate
 from geofed.frontend.redirect import MAX_PREPARED_PER_ANSWER, PreparedRedirect, prepare_redirect
 from geofed.geo import ClientPlacement
 from geofed.runtime import Federation
@@ -56,10 +58,11 @@ _SEND_THE_BODY = web.Response(status=100)
 class Note:
     """What a handler decided, for the access log."""
 
-    __slots__ = ("client", "decision", "endpoint", "locate_seconds")
+    __slots__ = ("client", "decision", "endpoint", "identity", "locate_seconds")
 
     def __init__(self, client: str | None = None) -> None:
         self.client = client
+        self.identity: Identity = ANONYMOUS
         self.decision = "-"
         self.endpoint: str | None = None
         self.locate_seconds: float | None = None
@@ -81,6 +84,9 @@ class FederationFrontEnd:
         self._addresses = ClientAddressResolver(server.trusted_proxies)
         self._public_url = server.public_url.rstrip("/") if server.public_url else None
         fs = federation.settings
+        self.gate = AccessGate(fs)
+        self._known = self.gate.known
+        self._allows = self.gate.allows
         self.listings = ListingMerger(
             federation.endpoints,
             federation.namespace,
@@ -118,8 +124,9 @@ class FederationFrontEnd:
         try:
             handler = self._methods.get(request.method)
             if handler is None:
-                raise MethodNotAllowed(f"{request.method} is not supported here", headers={"Allow": ALLOWED})
+                raise _unsupported(request)
             path = request_path(request.raw_path, path)
+            note.identity = self._known(request) or await self.gate.identify(request)
             response = await handler(request, path, note)
             if response is _SEND_THE_BODY:
                 return response  # the expect handler lets the body come; logged when handled
@@ -133,7 +140,7 @@ class FederationFrontEnd:
                     request.method,
                     path,
                     note.client,
-                    None,
+                    note.identity.label(),
                     response.status,
                     note.decision,
                     note.endpoint,
@@ -214,6 +221,9 @@ class FederationFrontEnd:
         result = self._cached(path)
         if result is None:
             return None
+        identity = self._known(request)
+        if identity is None or not self._allows(identity, Privilege.READ, path):
+            return None  # the general path identifies the client, or answers the refusal
         client = self.client_address(request)
         placement = self._place(client)
         prepared = result.redirects.get(self._public_url or request.host, _NO_REDIRECTS).get(placement.key)
@@ -221,10 +231,12 @@ class FederationFrontEnd:
             return None
         headers, endpoint = prepared.pick(self.fed.rng)
         if self._log is not None:
-            self._log((time.time(), "GET", path, client, None, 302, "redirect", endpoint, 0.0))
+            self._log((time.time(), "GET", path, client, identity.label(), 302, "redirect", endpoint, 0.0))
         return web.Response(status=302, headers=headers)
 
     async def get(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        gate = self.gate
+        gate.require_read_or_list(note.identity, path)
         placement = self._place(note.client)
         base = self._public_url or request.host
         result = self._cached(path)
@@ -234,9 +246,11 @@ class FederationFrontEnd:
             result = await self._locate(path, Want.CLOSEST, placement, note)
         if not result.files:
             if result.replicas or self.fed.namespace.is_mount_point(path):
+                gate.require_list(note.identity, path)
                 note.decision = "listing"
-                return await self._listing(request, path)
+                return await self._listing(request, path, note.identity)
             raise self._missing(path, result)
+        gate.require(note.identity, Privilege.READ, path)
         ranking = self.fed.rank(placement, result)
         if not ranking.accepted:
             reasons = "; ".join(f"{r.endpoint}: {r.reason}" for r in ranking.rejected)
@@ -260,6 +274,7 @@ class FederationFrontEnd:
         return web.Response(status=302, headers=headers)
 
     async def head(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        self.gate.require_stat(note.identity, path)
         stat = await self._stat(path, note)
         note.decision = "stat"
         if stat.is_dir:
@@ -281,6 +296,7 @@ class FederationFrontEnd:
         )
 
     async def put(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        self.gate.require(note.identity, Privilege.WRITE, path)
         if path == "/" or self.fed.namespace.is_mount_point(path):
             raise MethodNotAllowed(f"{path} is a collection", headers={"Allow": ALLOWED})
         if multipart.UPLOAD_ID_HEADER in request.headers:
@@ -292,6 +308,8 @@ class FederationFrontEnd:
         existing = await self._locate(path, Want.ALL, placement, note)
         if existing.is_dir:
             raise Conflict(f"a collection exists at {path}")
+        if existing.replicas:
+            self.gate.require(note.identity, Privilege.MODIFY, path)
         ranking = self.fed.rank(placement, existing, writable=True)
         if not ranking.accepted:
             ranking = self.fed.rank_for_write(placement, path)
@@ -364,6 +382,7 @@ class FederationFrontEnd:
         return response
 
     async def delete(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        self.gate.require(note.identity, Privilege.DELETE, path)
         if path == "/" or self.fed.namespace.is_mount_point(path):
             raise Forbidden(f"{path} is a mount point of the federation and cannot be deleted")
         result = await self.fed.locator.locate(path, Want.ALL, None, use_cache=False)
@@ -393,6 +412,7 @@ class FederationFrontEnd:
         return web.Response(status=204)
 
     async def mkcol(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+        self.gate.require(note.identity, Privilege.WRITE, path)
         if request.body_exists:
             raise UnsupportedMediaType("MKCOL with a body is not supported")
         if path == "/" or self.fed.namespace.is_mount_point(path):
@@ -420,6 +440,8 @@ class FederationFrontEnd:
 
     async def propfind(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
         depth = propfind.parse_depth(request.headers.get("Depth"))
+        identity = note.identity
+        self.gate.require_stat(identity, path)
         limit = self._server.max_propfind_body
         if request.content_length is not None and request.content_length > limit:
             raise PayloadTooLarge(f"PROPFIND body larger than {limit} bytes")
@@ -437,9 +459,12 @@ class FederationFrontEnd:
         chunk = propfind.MULTISTATUS_OPEN + propfind.render_response(
             href, basename(path) or "/", stat, wanted
         )
-        if depth == 1 and stat.is_dir:
+        if depth == 1 and stat.is_dir and self.gate.may_list(identity, path):
             outcome = ListingOutcome()
+            visible = self.gate.visible
             async for entry in self.listings.entries(path, outcome):
+                if not visible(identity, _child(path, entry.name)):
+                    continue
                 chunk += propfind.render_response(
                     propfind.child_href(href, entry.name, entry.stat.is_dir), entry.name, entry.stat, wanted
                 )
@@ -450,7 +475,7 @@ class FederationFrontEnd:
         await response.write_eof()
         return response
 
-    async def _listing(self, request: web.Request, path: str) -> web.StreamResponse:
+    async def _listing(self, request: web.Request, path: str, identity: Identity) -> web.StreamResponse:
         as_json = "application/json" in request.headers.get("Accept", "")
         response = web.StreamResponse(status=200)
         response.content_type = "application/json" if as_json else "text/html"
@@ -460,7 +485,10 @@ class FederationFrontEnd:
         base = listing_html.collection_base(request.raw_path)
         chunk = listing_html.json_head(path) if as_json else listing_html.html_head(path, base)
         first = True
+        visible = self.gate.visible
         async for entry in self.listings.entries(path, outcome):
+            if not visible(identity, _child(path, entry.name)):
+                continue
             chunk += listing_html.json_entry(entry, first) if as_json else listing_html.html_row(entry, base)
             first = False
             if len(chunk) >= _FLUSH_BYTES:
@@ -470,6 +498,24 @@ class FederationFrontEnd:
         await response.write(chunk.encode())
         await response.write_eof()
         return response
+
+
+def _child(path: str, name: str) -> str:
+    return f"{path.rstrip('/')}/{name}"
+
+
+MACAROON_REQUEST = "application/macaroon-request"
+
+
+def _unsupported(request: web.Request) -> HTTPError:
+    """405 for methods geofed does not serve; a clear word for gfal2's macaroon request, which
+    gfal2 sends before its operations and after which it carries on with its own credential."""
+    if request.method == "POST" and request.content_type == MACAROON_REQUEST:
+        return MethodNotAllowed(
+            "geofed does not issue macaroons; authenticate with your X509 proxy or a WLCG token",
+            headers={"Allow": ALLOWED},
+        )
+    return MethodNotAllowed(f"{request.method} is not supported here", headers={"Allow": ALLOWED})
 
 
 def _endpoint_http_error(exc: EndpointError, what: str) -> HTTPError:
