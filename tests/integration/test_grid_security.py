@@ -14,8 +14,10 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from tests.infra.geofed_server import GeofedServer
 from tests.infra.pki import Credential, Pki
@@ -317,6 +319,25 @@ def test_identity_headers_only_from_trusted_addresses(grid: GridLayout) -> None:
         assert curl(grid, trusted.url + "/fed/tokens/", "-X", "PROPFIND", *failed)[1] == "401"
     with header_fed(grid, "192.0.2.0/24") as untrusted:
         assert curl(grid, untrusted.url + "/fed/tokens/", "-X", "PROPFIND", *dn_header)[1] == "401"
+
+
+@pytest.mark.parametrize("style", ["nginx", "apache"])
+def test_certificate_chain_header_carries_voms(grid: GridLayout, style: str) -> None:
+    """The proxy chain forwarded by a front end (URL-escaped as nginx does, or with blanks for line
+    breaks as Apache does) gives the same identity, VOMS attributes included, as a direct client."""
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in grid.proxies.voms.chain).decode()
+    value = quote(chain, safe="") if style == "nginx" else chain.replace("\n", " ")
+    settings = grid.settings(
+        identity_headers={"trusted": ["127.0.0.1"], "cert": "X-SSL-Client-Cert", "dn": None},
+        voms_ca_dir=str(grid.pki.ca_dir),  # without TLS settings, the CAs that issue VOMS servers
+    )
+    plain = settings.model_copy(update={"server": settings.server.model_copy(update={"tls": None})})
+    with GeofedServer(plain) as server:
+        headers = ("-H", f"X-SSL-Client-Cert: {value}", "-H", "X-SSL-Client-Verify: SUCCESS")
+        assert curl(grid, server.url + "/fed/testvo/", "-X", "PROPFIND", *headers)[1] == "207"
+        assert curl(grid, server.url + "/fed/prod/", "-X", "PROPFIND", *headers)[1] == "207"
+        assert curl(grid, server.url + "/fed/testvo/", "-X", "PROPFIND")[1] == "401"
+        assert USER_DN in server.flush_access_log()
 
 
 # -- macaroon requests -----------------------------------------------------------------------------

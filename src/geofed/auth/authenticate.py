@@ -13,6 +13,7 @@ request. A token that is offered and refused is a 401, never a silent fall-back 
 from __future__ import annotations
 
 import ipaddress
+import re
 import ssl
 import weakref
 from collections import OrderedDict
@@ -32,6 +33,23 @@ from geofed.errors import Unauthorized
 
 _BEARER = "bearer "
 _ENCODING_DER = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
+
+
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.S)
+
+
+def pem_from_header(value: str) -> bytes:
+    """PEM certificates as TLS front ends put them in a header: URL-escaped (nginx
+    ``$ssl_client_escaped_cert``) or with the line breaks turned into blanks (Apache)."""
+    text = unquote(value)
+    blocks = [re.sub(r"\s+", "", body) for body in _PEM_BLOCK.findall(text)]
+    if not blocks:
+        raise ValueError("no PEM certificate in the header")
+    out = []
+    for body in blocks:
+        lines = "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
+        out.append(f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n")
+    return "".join(out).encode()
 
 
 class _LeafCache:
@@ -212,7 +230,7 @@ class Authenticator:
             identity = self._by_header.get(key)
             if identity is None:
                 try:
-                    chain = x509.load_pem_x509_certificates(unquote(pem).encode())
+                    chain = x509.load_pem_x509_certificates(pem_from_header(pem))
                     identity = self.identity_from_chain(chain, Method.HEADERS)
                 except (ValueError, CertificateError):
                     identity = ANONYMOUS
