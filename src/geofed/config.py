@@ -96,6 +96,8 @@ class EndpointSettings(_Frozen):
     timeout: Duration = 10.0
     max_concurrency: int = Field(default=64, ge=1, le=10000)
     url_lifetime: Duration | None = None
+    checksum_metadata: Literal["geofed", "trusted"] = "geofed"
+    quota: int | None = Field(default=None, ge=0)
 
     @field_validator("prefixes")
     @classmethod
@@ -242,6 +244,52 @@ class CacheSettings(_Frozen):
     l2: L2Settings | None = None
 
 
+class ChecksumSettings(_Frozen):
+    """Checksums geofed computes when an endpoint has none: how many files are read at once, and
+    how long one computation may take before the client is told to retry."""
+
+    max_concurrent: int = Field(default=4, ge=1, le=256)
+    timeout: Duration = 600.0
+
+
+class ProxySettings(_Frozen):
+    """Clients whose transfers geofed streams itself instead of redirecting them: those that
+    cannot replay a PUT body after a 307 (Rucio's webdav protocol, rclone), matched by User-Agent
+    (regular expressions), by federated path prefix, or by coming through ``url_prefix``."""
+
+    user_agents: tuple[str, ...] = ()
+    path_prefixes: tuple[str, ...] = ()
+    url_prefix: str | None = None
+    reads: bool = False
+
+    @field_validator("user_agents")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {pattern!r} ({exc})") from exc
+        return value
+
+    @field_validator("path_prefixes")
+    @classmethod
+    def _absolute(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for prefix in value:
+            if not prefix.startswith("/"):
+                raise ValueError(f"must be an absolute path: {prefix!r}")
+        return tuple(p.rstrip("/") or "/" for p in value)
+
+    @field_validator("url_prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("/") or value.rstrip("/") == "" or value.startswith("/_geofed"):
+            raise ValueError("must be an absolute path other than / and outside /_geofed")
+        return value.rstrip("/")
+
+
 class HealthSettings(_Frozen):
     interval: Duration = 10.0
     timeout: Duration = 3.0
@@ -258,6 +306,8 @@ class Settings(_Frozen):
     cache: CacheSettings = CacheSettings()
     health: HealthSettings = HealthSettings()
     client_networks: tuple[ClientNetwork, ...] = ()
+    checksums: ChecksumSettings = ChecksumSettings()
+    proxy: ProxySettings = ProxySettings()
     auth: AuthSettings = AuthSettings()
     endpoints: tuple[EndpointSettings, ...]
 

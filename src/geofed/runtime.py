@@ -12,6 +12,7 @@ import random
 import socket
 from collections.abc import Mapping
 
+from geofed.checksums.service import ChecksumService
 from geofed.config import EndpointSettings, Location, Settings
 from geofed.endpoints.base import Endpoint, Entry
 from geofed.endpoints.local import LocalEndpoint
@@ -24,6 +25,7 @@ from geofed.federation.shared import SharedLayer
 from geofed.geo import ClientLocator, ClientPlacement, GeoDatabase, normalise_ip
 from geofed.health import HealthMonitor
 from geofed.signing import URLSigner
+from geofed.space import SpaceMonitor
 
 log = logging.getLogger("geofed")
 
@@ -84,6 +86,14 @@ class Federation:
             self.shared = SharedLayer(create_shared_cache(settings.cache.l2), settings.cache.l2)
             self.locator.shared = self.shared
             self.health.shared = self.shared
+        self.checksums = ChecksumService(
+            self.endpoints,
+            cache=TTLCache(max(1, settings.cache.max_entries // 10)),
+            shared=self.shared,
+            max_concurrent=settings.checksums.max_concurrent,
+            timeout=settings.checksums.timeout,
+        )
+        self.space = SpaceMonitor(self.endpoints, settings.health.interval)
         self.local_endpoints: Mapping[str, LocalEndpoint] = {
             n: e for n, e in self.endpoints.items() if isinstance(e, LocalEndpoint)
         }
@@ -112,8 +122,9 @@ class Federation:
         ]
         return rank(client, candidates, self.health.unavailable, self.settings.federation.fuzz_km, self.rng)
 
-    def rank_for_write(self, client: ClientPlacement, path: str) -> Ranking:
-        """Rank the writable endpoints that serve ``path`` as upload destinations."""
+    def rank_for_write(self, client: ClientPlacement, path: str, size: int | None = None) -> Ranking:
+        """Rank the writable endpoints that serve ``path`` as upload destinations; those without
+        room for ``size`` bytes (when known) are rejected with that reason."""
         candidates = []
         for name, endpoint in self.endpoints.items():
             if not endpoint.settings.writable or not endpoint.capabilities.redirect_put:
@@ -121,7 +132,16 @@ class Federation:
             local = self.namespace.translate(path, name)
             if local is not None:
                 candidates.append(Candidate(name, local, self.locations[name]))
-        return rank(client, candidates, self.health.unavailable, self.settings.federation.fuzz_km, self.rng)
+        unavailable = self.health.unavailable
+        if size is not None:
+            full = {
+                c.endpoint: f"not enough space for {size} bytes"
+                for c in candidates
+                if not self.space.fits(c.endpoint, size)
+            }
+            if full:
+                unavailable = {**unavailable, **full}
+        return rank(client, candidates, unavailable, self.settings.federation.fuzz_km, self.rng)
 
     async def start(self, *, probe_first: bool = True) -> None:
         """Probe every endpoint once (so a dead one gets no traffic from the start), then monitor."""
@@ -131,13 +151,24 @@ class Federation:
         if probe_first:
             await asyncio.gather(*(self.health.check(name) for name in self.endpoints))
         self.health.start()
+        self.space.start()
 
     def _forget_paths(self, paths: list[str]) -> None:
         """Another front end wrote these paths: drop what this process cached about them."""
         for path in paths:
             self.locator.forget(path)
+            self.forget_checksums(path)
+
+    def forget_checksums(self, path: str) -> None:
+        """Drop what the checksum service remembers of ``path`` on every endpoint serving it."""
+        for name in self.endpoints:
+            local = self.namespace.translate(path, name)
+            if local is not None:
+                self.checksums.forget(name, local)
 
     async def stop(self) -> None:
+        await self.space.stop()
+        await self.checksums.aclose()
         await self.health.stop()
         await self.locator.aclose()
         if self.shared is not None:

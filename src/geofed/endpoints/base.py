@@ -39,6 +39,15 @@ class StatResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Space:
+    """Bytes used and still available on an endpoint (RFC 4331 quota-used/available-bytes);
+    None where the endpoint cannot say."""
+
+    used: int | None = None
+    available: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One child of a collection, as listed by an endpoint."""
 
@@ -60,6 +69,41 @@ class Capabilities:
     """The endpoint implements the sign_multipart_* methods (S3)."""
     upload_stream: bool = False
     """The endpoint implements ``upload`` (geofed streams a client's body to it)."""
+    read_stream: bool = False
+    """The endpoint implements ``read`` (geofed streams a replica: checksums, proxied reads, copies)."""
+    store_checksums: bool = False
+    """The endpoint keeps checksums geofed computed with the object (metadata, xattr, property)."""
+    move: bool = False
+    """The endpoint implements ``move`` (rename within the endpoint)."""
+
+
+CHECKSUM_METADATA_PREFIX = "geofed-"
+"""Metadata names geofed stores its computed checksums under: ``geofed-adler32`` and so on (S3
+``x-amz-meta-geofed-adler32``, Azure ``geofed_adler32`` — Azure names must be identifiers — and the
+local xattr ``user.geofed.adler32``). A separate prefix keeps geofed's verified values apart from a
+client's ``x-amz-meta-adler32`` claim, which is never reported."""
+
+CHECKSUM_ALGORITHMS = ("adler32", "md5", "sha256", "crc32c")
+
+
+def checksums_from_metadata(metadata: tuple[tuple[str, str], ...], trusted: bool = False) -> dict[str, str]:
+    """The ``geofed-<alg>`` (or Azure's ``geofed_<alg>``) entries of user metadata; with ``trusted``
+    (``endpoints[].checksum_metadata: trusted``) also plain ``<alg>`` entries that the site's own
+    tools wrote (``x-amz-meta-adler32``), which geofed otherwise treats as a client's claim."""
+    found: dict[str, str] = {}
+    plain: dict[str, str] = {}
+    for name, value in metadata:
+        key = name.lower().replace("_", "-")
+        value = value.strip().lower()
+        if not value:
+            continue
+        if key.startswith(CHECKSUM_METADATA_PREFIX):
+            algorithm = key[len(CHECKSUM_METADATA_PREFIX) :]
+            if algorithm in CHECKSUM_ALGORITHMS:
+                found[algorithm] = value
+        elif trusted and key in CHECKSUM_ALGORITHMS:
+            plain[key] = value
+    return {**plain, **found}
 
 
 class Endpoint(abc.ABC):
@@ -117,6 +161,34 @@ class Endpoint(abc.ABC):
         """Store the bytes of ``chunks`` at ``path``, visible only once every chunk has arrived
         (an interrupted upload leaves nothing behind)."""
         raise NotImplementedError(f"{self.name} cannot take streamed uploads")
+
+    async def read(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes of the file ``path`` (from ``offset``, ``length`` of them or to the end),
+        streamed in chunks of bounded size; PathNotFound when it is absent."""
+        raise NotImplementedError(f"{self.name} cannot stream reads")
+        yield b""  # pragma: no cover - makes this an async generator
+
+    async def stored_checksums(self, path: str, stat: StatResult) -> dict[str, str]:
+        """Checksums the endpoint itself holds for ``path`` and can vouch for, keyed by canonical
+        algorithm (``adler32``, ``md5``, ``sha256``, ``crc32c``), values in canonical form: lower-case
+        hex for every algorithm. Only values computed from the stored bytes count (by geofed earlier,
+        or verified by the store, like S3's single-part ETag): never a value a client declared. The
+        default reads ``stat.metadata`` written by :meth:`store_checksums`; kinds override it."""
+        return checksums_from_metadata(stat.metadata, self.settings.checksum_metadata == "trusted")
+
+    async def store_checksums(self, path: str, values: dict[str, str]) -> bool:
+        """Keep ``values`` (as :meth:`stored_checksums` returns them) with the object so that the
+        next request is answered without reading it again; False when this endpoint cannot."""
+        return False
+
+    async def move(self, source: str, destination: str, overwrite: bool = True) -> None:
+        """Rename ``source`` to ``destination`` on this endpoint (parents of the destination are
+        created). EndpointRefused 412 when the destination exists and ``overwrite`` is False."""
+        raise NotImplementedError(f"{self.name} cannot move")
+
+    async def space(self) -> Space | None:
+        """Used and available bytes as the endpoint reports them, or None."""
+        return None
 
     def sign_multipart_create(self, path: str, lifetime: float) -> str:
         """A URL the client POSTs (empty body) to start a multipart upload of ``path``."""

@@ -31,7 +31,7 @@ from geofed.errors import (
 )
 from geofed.federation.paths import check_raw_path, normalise
 from geofed.frontend.accesslog import AccessLog
-from geofed.frontend.handlers import error_response
+from geofed.frontend.common import error_response
 from geofed.runtime import Federation
 
 _CHUNK = 1 << 20
