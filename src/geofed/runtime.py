@@ -94,6 +94,8 @@ class Federation:
             timeout=settings.checksums.timeout,
         )
         self.space = SpaceMonitor(self.endpoints, settings.health.interval)
+        # checksums clients declared on redirected uploads, compared once geofed computes the real ones
+        self.claims: TTLCache[dict[str, str]] = TTLCache(max(1, settings.cache.max_entries // 10))
         self.local_endpoints: Mapping[str, LocalEndpoint] = {
             n: e for n, e in self.endpoints.items() if isinstance(e, LocalEndpoint)
         }

@@ -148,7 +148,7 @@ def test_garbage_on_the_socket_then_server_keeps_serving(server: GeofedServer) -
 def test_unsupported_method_is_405_with_allow(server: GeofedServer) -> None:
     out = curl("-D", "-", "-o", "/dev/null", "-X", "PATCH", f"{server.url}/fed/data/ok.txt")
     assert out.stdout.startswith("HTTP/1.1 405")
-    assert "Allow: OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, PROPFIND" in out.stdout
+    assert "Allow: OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, PROPFIND" in out.stdout
 
 
 def test_truncated_upload_leaves_nothing(server: GeofedServer, tree: Path) -> None:

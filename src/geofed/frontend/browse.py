@@ -9,13 +9,17 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from geofed.auth.identity import Identity
-from geofed.errors import PayloadTooLarge
+from geofed.auth.identity import Identity, Privilege
+from geofed.checksums import ALGORITHMS as ALL
+from geofed.endpoints.base import StatResult
+from geofed.errors import EndpointError, PayloadTooLarge
 from geofed.federation.listing import ListingOutcome
+from geofed.federation.locator import Replica, Want
 from geofed.federation.paths import basename
 from geofed.frontend import listing_html
 from geofed.frontend import propfind as propfind_xml
 from geofed.frontend.common import FLUSH_BYTES, Note, child
+from geofed.space import total
 
 if TYPE_CHECKING:
     from geofed.frontend.handlers import FederationFrontEnd
@@ -32,7 +36,9 @@ async def propfind(fe: FederationFrontEnd, request: web.Request, path: str, note
     if len(body) > limit:
         raise PayloadTooLarge(f"PROPFIND body larger than {limit} bytes")
     wanted = propfind_xml.parse_body(body)
-    stat = await fe.stat_of(path, note)
+    result = await fe.locate(path, Want.FIRST, None, note)
+    stat = fe.stat_from(path, result)
+    extra = await _extra_properties(fe, wanted, path, stat, result.files, identity)
     note.decision = "propfind"
     href = request.raw_path.split("?", 1)[0]
     response = web.StreamResponse(status=207)
@@ -40,7 +46,7 @@ async def propfind(fe: FederationFrontEnd, request: web.Request, path: str, note
     response.charset = "utf-8"
     await response.prepare(request)
     chunk = propfind_xml.MULTISTATUS_OPEN + propfind_xml.render_response(
-        href, basename(path) or "/", stat, wanted
+        href, basename(path) or "/", stat, wanted, extra
     )
     if depth == 1 and stat.is_dir and fe.gate.may_list(identity, path):
         outcome = ListingOutcome()
@@ -57,6 +63,49 @@ async def propfind(fe: FederationFrontEnd, request: web.Request, path: str, note
     await response.write((chunk + propfind_xml.MULTISTATUS_CLOSE).encode())
     await response.write_eof()
     return response
+
+
+async def _extra_properties(
+    fe: FederationFrontEnd,
+    wanted: propfind_xml.PropfindRequest,
+    path: str,
+    stat: StatResult,
+    replicas: tuple[Replica, ...],
+    identity: Identity,
+) -> dict[tuple[str, str], str]:
+    """Properties that cost more than a stat, given only when asked for by name: RFC 4331 quota at
+    the root and at mount points (the sum over the endpoints below), checksums of a file."""
+    extra: dict[tuple[str, str], str] = {}
+    if stat.is_dir and any(propfind_xml.asks_for(wanted, p) for p in propfind_xml.QUOTA_PROPERTIES):
+        space = total(fe.fed.space.space.get(name) for name in _endpoints_below(fe, path))
+        if space is not None and space.used is not None:
+            extra[propfind_xml.QUOTA_PROPERTIES[0]] = str(space.used)
+        if space is not None and space.available is not None:
+            extra[propfind_xml.QUOTA_PROPERTIES[1]] = str(space.available)
+    if (
+        not stat.is_dir
+        and propfind_xml.asks_for(wanted, propfind_xml.CHECKSUMS_PROPERTY)
+        and fe.gate.allows(identity, Privilege.READ, path)
+    ):
+        for replica in replicas:
+            try:
+                values = await fe.fed.checksums.checksums(replica.endpoint, replica.path, replica.stat, ALL)
+            except EndpointError:
+                continue
+            if values:
+                extra[propfind_xml.CHECKSUMS_PROPERTY] = propfind_xml.checksums_value(values)
+                break
+    return extra
+
+
+def _endpoints_below(fe: FederationFrontEnd, path: str) -> list[str]:
+    """Endpoints with a mount point at or below ``path``: those whose space a collection holds."""
+    prefix = path.rstrip("/") + "/"
+    return [
+        e.name
+        for e in fe.fed.settings.endpoints
+        if any(p.federated == path or p.federated.startswith(prefix) or path == "/" for p in e.prefixes)
+    ]
 
 
 async def listing(

@@ -22,7 +22,7 @@ from geofed.errors import (
     ServiceUnavailable,
 )
 
-ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, PROPFIND"
+ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, PROPFIND"
 DIR_STAT = StatResult(is_dir=True)
 FLUSH_BYTES = 65536
 # Request keys and a marker for uploads that geofed streams itself: the expect handler decides,
@@ -30,6 +30,8 @@ FLUSH_BYTES = 65536
 AWAITING_BODY = web.RequestKey("geofed.awaiting_body", bool)
 PROXY_TARGET = web.RequestKey("geofed.proxy_target", tuple[str, str])
 SEND_THE_BODY = web.Response(status=100)
+# Set when the request came through the proxy URL prefix (``proxy.url_prefix``): stream, don't redirect.
+VIA_PROXY_PREFIX = web.RequestKey("geofed.via_proxy_prefix", bool)
 
 
 class Note:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -26,7 +27,7 @@ from geofed.errors import (
 from geofed.federation.listing import ListingMerger
 from geofed.federation.locator import LocateResult, Want
 from geofed.federation.paths import is_clean_request_path, request_path
-from geofed.frontend import browse, writes
+from geofed.frontend import browse, metalink, reads, writes
 from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.clientaddr import ClientAddressResolver
 from geofed.frontend.common import (
@@ -34,6 +35,7 @@ from geofed.frontend.common import (
     AWAITING_BODY,
     DIR_STAT,
     SEND_THE_BODY,
+    VIA_PROXY_PREFIX,
     Handler,
     Note,
     error_response,
@@ -75,6 +77,7 @@ class FederationFrontEnd:
             "DELETE": partial(writes.delete, self),
             "MKCOL": partial(writes.mkcol, self),
             "PROPFIND": partial(browse.propfind, self),
+            "MOVE": partial(writes.move, self),
             "OPTIONS": self.options,
         }
         # bound once: the warm GET path calls these on every request
@@ -82,6 +85,7 @@ class FederationFrontEnd:
         self._cached = federation.locations_cache.get
         self._max_alternatives = fs.federation.max_alternatives
         self._retry_after = fs.federation.retry_after
+        self._proxy_prefix = fs.proxy.url_prefix
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -97,6 +101,11 @@ class FederationFrontEnd:
             if handler is None:
                 raise _unsupported(request)
             path = request_path(request.raw_path, path)
+            if self._proxy_prefix is not None and (
+                path == self._proxy_prefix or path.startswith(self._proxy_prefix + "/")
+            ):
+                path = path[len(self._proxy_prefix) :] or "/"
+                request[VIA_PROXY_PREFIX] = True
             note.identity = self._known(request) or await self.gate.identify(request)
             response = await handler(request, path, note)
             if response is SEND_THE_BODY:
@@ -169,7 +178,9 @@ class FederationFrontEnd:
 
     async def stat_of(self, path: str, note: Note) -> StatResult:
         """The federated stat of ``path``: a file replica's metadata, a collection, or an error."""
-        result = await self.locate(path, Want.FIRST, None, note)
+        return self.stat_from(path, await self.locate(path, Want.FIRST, None, note))
+
+    def stat_from(self, path: str, result: LocateResult) -> StatResult:
         files = result.files
         if files:
             return files[0].stat
@@ -185,7 +196,13 @@ class FederationFrontEnd:
         """The hot path: a GET of a clean path whose redirect is already prepared for this kind of
         client. Anything else (None) takes the general path, which prepares it for next time."""
         path = request.path
-        if not is_clean_request_path(request.raw_path, path):
+        raw_path = request.raw_path
+        if not is_clean_request_path(raw_path, path) or "?" in raw_path:
+            return None
+        headers = request.headers
+        if "Want-Digest" in headers or "Want-Repr-Digest" in headers:
+            return None
+        if metalink.MEDIA_TYPE in headers.get("Accept", ""):
             return None
         result = self._cached(path)
         if result is None:
@@ -220,6 +237,11 @@ class FederationFrontEnd:
                 return await browse.listing(self, request, path, note.identity)
             raise self.missing(path, result)
         gate.require(note.identity, Privilege.READ, path)
+        if metalink.wants_metalink(request.headers.get("Accept", ""), request.query_string):
+            if not result.complete:  # a metalink lists every replica: wait for every endpoint
+                result = await self.locate(path, Want.ALL, placement, note)
+            return await reads.metalink_response(self, request, path, result, note)
+        asked = reads.wanted_digests(request)
         ranking = self.fed.rank(placement, result)
         if not ranking.accepted:
             reasons = "; ".join(f"{r.endpoint}: {r.reason}" for r in ranking.rejected)
@@ -231,7 +253,18 @@ class FederationFrontEnd:
                 request, self.fed.endpoints[endpoint].sign_url("GET", endpoint_path, lifetime)
             )
 
-        prepared = prepare_redirect(ranking, sign, self._max_alternatives, self.fed.health.generation)
+        prepared = prepare_redirect(
+            ranking,
+            sign,
+            self._max_alternatives,
+            self.fed.health.generation,
+            describedby=metalink.describedby(quote(path)),
+        )
+        if asked is not None:
+            digests = await reads.digest_headers(self, asked, result.files, path)
+            headers, note.endpoint = prepared.pick(self.fed.rng)
+            note.decision = "redirect"
+            return web.Response(status=302, headers={**headers, **digests})
         if result.cached:
             per_base = result.redirects.setdefault(base, {})
             if len(per_base) >= MAX_PREPARED_PER_ANSWER or len(result.redirects) > MAX_PREPARED_PER_ANSWER:
@@ -244,11 +277,19 @@ class FederationFrontEnd:
 
     async def head(self, request: web.Request, path: str, note: Note) -> web.StreamResponse:
         self.gate.require_stat(note.identity, path)
-        stat = await self.stat_of(path, note)
+        result = await self.locate(path, Want.FIRST, None, note)
+        stat = self.stat_from(path, result)
         note.decision = "stat"
         if stat.is_dir:
             return web.Response(status=200, content_type="text/html", charset="utf-8")
         headers = {"Accept-Ranges": "bytes", "Content-Type": stat.content_type or "application/octet-stream"}
+        headers["Link"] = metalink.describedby(quote(path))
+        asked = reads.wanted_digests(request)
+        if asked is not None:
+            if self.gate.allows(note.identity, Privilege.READ, path):
+                headers.update(await reads.digest_headers(self, asked, result.files, path))
+            else:  # a checksum is a digest of the content: it needs the read privilege
+                headers["Want-Digest"] = reads.SUPPORTED
         if stat.size is not None:
             headers["Content-Length"] = str(stat.size)
         if stat.mtime is not None:

@@ -8,7 +8,7 @@ collection streams to the client instead of being built in memory.
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 from xml.etree.ElementTree import ParseError
@@ -104,8 +104,32 @@ def _known_values(name: str, stat: StatResult) -> str | None:
     return None
 
 
-def render_response(href: str, display: str, stat: StatResult, request: PropfindRequest) -> str:
-    """One ``<D:response>`` element for a resource."""
+OWNCLOUD = "http://owncloud.org/ns"
+QUOTA_PROPERTIES = ((DAV, "quota-used-bytes"), (DAV, "quota-available-bytes"))
+CHECKSUMS_PROPERTY = (OWNCLOUD, "checksums")
+
+
+def checksums_value(values: Mapping[str, str]) -> str:
+    """``<oc:checksum>ADLER32:… MD5:…</oc:checksum>`` as ownCloud/rclone read it (hex values)."""
+    names = {"adler32": "ADLER32", "md5": "MD5", "sha256": "SHA256", "crc32c": "CRC32C"}
+    text = " ".join(f"{names[a]}:{v}" for a, v in sorted(values.items()) if a in names)
+    return f"<oc:checksum>{escape(text)}</oc:checksum>"
+
+
+def asks_for(request: PropfindRequest, prop: tuple[str, str]) -> bool:
+    """Whether the client named ``prop`` explicitly (costly properties are never in allprop)."""
+    return not request.allprop and not request.propname and prop in request.props
+
+
+def render_response(
+    href: str,
+    display: str,
+    stat: StatResult,
+    request: PropfindRequest,
+    extra: Mapping[tuple[str, str], str] | None = None,
+) -> str:
+    """One ``<D:response>`` element for a resource; ``extra`` holds the XML content of properties
+    computed by the caller (quota, checksums), used only when the client asked for them."""
     found: list[str] = []
     missing: list[str] = []
     if request.propname:
@@ -115,6 +139,9 @@ def render_response(href: str, display: str, stat: StatResult, request: Propfind
         for namespace, name in wanted:
             if namespace == DAV and name == "displayname":
                 found.append(f"<D:displayname>{escape(display)}</D:displayname>")
+                continue
+            if extra is not None and (namespace, name) in extra:
+                found.append(_element(namespace, name, extra[(namespace, name)]))
                 continue
             value = _known_values(name, stat) if namespace == DAV else None
             if value is None:
@@ -133,6 +160,14 @@ def render_response(href: str, display: str, stat: StatResult, request: Propfind
         parts.append("<D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>")
     parts.append("</D:response>\n")
     return "".join(parts)
+
+
+def _element(namespace: str, name: str, content: str) -> str:
+    if namespace == DAV:
+        return f"<D:{name}>{content}</D:{name}>"
+    if namespace == OWNCLOUD:
+        return f'<oc:{name} xmlns:oc="{OWNCLOUD}">{content}</oc:{name}>'
+    return f'<x:{name} xmlns:x="{escape(namespace, {chr(34): "&quot;"})}">{content}</x:{name}>'
 
 
 def _empty_element(namespace: str, name: str) -> str:

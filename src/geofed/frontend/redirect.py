@@ -49,11 +49,13 @@ def prepare_redirect(
     max_alternatives: int,
     generation: int,
     now: float | None = None,
+    describedby: str | None = None,
 ) -> PreparedRedirect:
     """Sign the needed URLs once and lay out the header sets.
 
     ``sign(endpoint, path, extra_lifetime)`` returns an absolute GET URL valid for the endpoint's
-    lifetime plus ``extra_lifetime`` seconds.
+    lifetime plus ``extra_lifetime`` seconds. ``describedby`` is a ``Link`` value pointing to the
+    file's metalink, added to every header set.
     """
     now = time.time() if now is None else now
     window_end = (int(now) // SIGNING_WINDOW + 1) * SIGNING_WINDOW
@@ -67,9 +69,10 @@ def prepare_redirect(
         order = [first, *(i for i in range(len(needed)) if i != first)]
         headers = {"Location": urls[order[0]]}
         alternatives = order[1 : 1 + max_alternatives]
-        if alternatives:
-            headers["Link"] = ", ".join(
-                f"<{urls[i]}>; rel=duplicate; pri={pri}" for pri, i in enumerate(alternatives, start=1)
-            )
+        links = [f"<{urls[i]}>; rel=duplicate; pri={pri}" for pri, i in enumerate(alternatives, start=1)]
+        if describedby is not None:
+            links.append(describedby)
+        if links:
+            headers["Link"] = ", ".join(links)
         choices.append((headers, needed[first].endpoint))
     return PreparedRedirect(tuple(choices), float(window_end), generation)

@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from geofed.config import EndpointSettings
+from geofed.checksums import MultiHasher, compare
+from geofed.config import EndpointSettings, ProxySettings
 from geofed.endpoints.base import Endpoint
 from geofed.errors import BadRequest
 
@@ -28,23 +29,41 @@ def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
 
 
-def wants_proxy(endpoint: Endpoint, user_agent: str) -> bool:
-    """True when uploads from this client to this endpoint are streamed through geofed."""
+def proxy_mode(settings: ProxySettings, user_agent: str, path: str, via_prefix: bool) -> bool:
+    """True when the federation-wide ``proxy`` settings say this client's transfers of ``path``
+    are streamed through geofed (Rucio's webdav protocol, rclone, or a ``/proxy/…`` URL)."""
+    if via_prefix:
+        return True
+    pattern = _compiled(settings.user_agents)
+    if pattern is not None and pattern.search(user_agent) is not None:
+        return True
+    return any(p == "/" or path == p or path.startswith(p + "/") for p in settings.path_prefixes)
+
+
+def wants_proxy(endpoint: Endpoint, user_agent: str, forced: bool = False) -> bool:
+    """True when uploads from this client to this endpoint are streamed through geofed: proxy
+    mode (``forced``), or a User-Agent the endpoint lists (davix to Azure)."""
     if not endpoint.capabilities.upload_stream:
         return False
+    if forced:
+        return True
     settings: EndpointSettings = endpoint.settings
     pattern = _compiled(settings.upload_proxy_patterns)
     return pattern is not None and pattern.search(user_agent) is not None
 
 
-async def stream_upload(request: web.Request, endpoint: Endpoint, endpoint_path: str) -> int:
+async def stream_upload(
+    request: web.Request, endpoint: Endpoint, endpoint_path: str, claims: dict[str, str] | None = None
+) -> int:
     """Pass the request body to ``endpoint.upload``; the number of bytes stored.
 
     A body shorter than its Content-Length, or a client that goes away, aborts the upload before
-    anything becomes visible.
+    anything becomes visible. ``claims`` (checksums the client declared) are checked against the
+    bytes before the last chunk is handed over, so a mismatch aborts the upload too.
     """
     expected = request.content_length
     received = 0
+    hasher = MultiHasher(tuple(claims)) if claims else None
 
     async def chunks() -> AsyncIterator[bytes]:
         nonlocal received
@@ -54,12 +73,19 @@ async def stream_upload(request: web.Request, endpoint: Endpoint, endpoint_path:
                 buffer += block
                 received += len(block)
                 if len(buffer) >= CHUNK_BYTES:
+                    if hasher is not None:
+                        hasher.update(bytes(buffer))
                     yield bytes(buffer)
                     buffer.clear()
         except ConnectionError as exc:
             raise BadRequest(f"upload interrupted after {received} bytes; nothing was stored") from exc
         if expected is not None and received != expected:
             raise BadRequest(f"received {received} bytes of the {expected} declared; nothing was stored")
+        if hasher is not None and claims:
+            hasher.update(bytes(buffer))
+            mismatches = compare(claims, hasher.hexdigests())
+            if mismatches:
+                raise BadRequest(f"checksum mismatch: {'; '.join(mismatches)}; nothing was stored")
         if buffer or received == 0:
             yield bytes(buffer)
 

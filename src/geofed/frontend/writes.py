@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from geofed.auth.identity import Privilege
+from geofed.checksums import parse_digest_claims
 from geofed.errors import (
     BadGateway,
     BadRequest,
@@ -24,12 +25,14 @@ from geofed.errors import (
 )
 from geofed.federation.locator import Want
 from geofed.federation.paths import parent
+from geofed.frontend import move as moving
 from geofed.frontend import multipart, uploadproxy
 from geofed.frontend.common import (
     ALLOWED,
     AWAITING_BODY,
     PROXY_TARGET,
     SEND_THE_BODY,
+    VIA_PROXY_PREFIX,
     Note,
     endpoint_http_error,
 )
@@ -47,6 +50,7 @@ async def put(fe: FederationFrontEnd, request: web.Request, path: str, note: Not
     target = request.get(PROXY_TARGET)
     if target is not None:  # chosen in the expect handler, before the body was sent
         return await proxy_upload(fe, request, path, target[0], target[1], note)
+    claims = declared_checksums(request)
     placement = fe.fed.clients.place(note.client)
     existing = await fe.locate(path, Want.ALL, placement, note)
     if existing.is_dir:
@@ -55,7 +59,7 @@ async def put(fe: FederationFrontEnd, request: web.Request, path: str, note: Not
         fe.gate.require(note.identity, Privilege.MODIFY, path)
     ranking = fe.fed.rank(placement, existing, writable=True)
     if not ranking.accepted:
-        ranking = fe.fed.rank_for_write(placement, path)
+        ranking = fe.fed.rank_for_write(placement, path, request.content_length)
     if not ranking.accepted:
         if ranking.rejected:
             reasons = "; ".join(f"{r.endpoint}: {r.reason}" for r in ranking.rejected)
@@ -67,12 +71,21 @@ async def put(fe: FederationFrontEnd, request: web.Request, path: str, note: Not
         await endpoint.makedirs(parent(best.path))
     except EndpointError as exc:
         raise endpoint_http_error(exc, f"cannot create the parent collection of {path}") from exc
-    if uploadproxy.wants_proxy(endpoint, request.headers.get("User-Agent", "")):
+    user_agent = request.headers.get("User-Agent", "")
+    forced = uploadproxy.proxy_mode(
+        fe.fed.settings.proxy, user_agent, path, bool(request.get(VIA_PROXY_PREFIX))
+    )
+    if uploadproxy.wants_proxy(endpoint, user_agent, forced):
         if request.get(AWAITING_BODY):
             request[PROXY_TARGET] = (best.endpoint, best.path)
             return SEND_THE_BODY
         return await proxy_upload(fe, request, path, best.endpoint, best.path, note)
+    if forced:
+        raise MethodNotAllowed(f"endpoint {best.endpoint} cannot take streamed uploads (proxy mode)")
+    if claims:  # checked when the checksum is first computed from the stored bytes
+        fe.fed.claims.put(path, claims, 86400.0)
     await fe.fed.locator.invalidate_everywhere(path, writing=True)
+    fe.fed.forget_checksums(path)
     headers = {"Location": fe.signed(request, "PUT", best.endpoint, best.path)}
     headers.update(multipart.offer_headers(endpoint, best.path, fe.fed.url_lifetimes[best.endpoint]))
     note.decision, note.endpoint = "redirect", best.endpoint
@@ -90,12 +103,14 @@ async def proxy_upload(
     endpoint = fe.fed.endpoints[name]
     existed = (await fe.fed.locator.locate(path, Want.FIRST, None)).replicas != ()
     await fe.fed.locator.invalidate_everywhere(path, writing=True)
+    fe.fed.forget_checksums(path)
     try:
-        await uploadproxy.stream_upload(request, endpoint, endpoint_path)
+        await uploadproxy.stream_upload(request, endpoint, endpoint_path, declared_checksums(request))
     except EndpointError as exc:
         raise endpoint_http_error(exc, f"upload of {path} to {name} failed; nothing was stored") from exc
     finally:
         await fe.fed.locator.invalidate_everywhere(path)
+        fe.fed.forget_checksums(path)
     note.decision, note.endpoint = "proxy-upload", name
     return web.Response(status=204 if existed else 201)
 
@@ -149,6 +164,7 @@ async def delete(fe: FederationFrontEnd, request: web.Request, path: str, note: 
         else:
             deleted.append(replica.endpoint)
     await fe.fed.locator.invalidate_everywhere(path)
+    fe.fed.forget_checksums(path)
     note.decision, note.endpoint = "delete", ",".join(deleted) or None
     if failures:
         done = f"deleted on {', '.join(deleted)}; " if deleted else ""
@@ -182,3 +198,69 @@ async def mkcol(fe: FederationFrontEnd, request: web.Request, path: str, note: N
     await fe.fed.locator.invalidate_everywhere(path)
     note.decision, note.endpoint = "mkcol", best.endpoint
     return web.Response(status=201)
+
+
+def declared_checksums(request: web.Request) -> dict[str, str]:
+    """Checksums the client declares for its upload (``Digest``, ``Content-MD5``, ``Repr-Digest``):
+    claims to check against the stored bytes, never values to report. 400 when malformed."""
+    headers = request.headers
+    digest, content_md5 = headers.get("Digest"), headers.get("Content-MD5")
+    repr_digest = headers.get("Repr-Digest")
+    if digest is None and content_md5 is None and repr_digest is None:
+        return {}
+    try:
+        return parse_digest_claims(digest, content_md5, repr_digest)
+    except ValueError as exc:
+        raise BadRequest(f"declared checksum not understood: {exc}") from None
+
+
+async def move(fe: FederationFrontEnd, request: web.Request, path: str, note: Note) -> web.StreamResponse:
+    """Rename every replica of ``path`` where it is (see :mod:`geofed.frontend.move`)."""
+    prefix = fe.fed.settings.proxy.url_prefix
+    destination = moving.destination_path(request.headers.get("Destination"), prefix)
+    overwrite = moving.overwrite_allowed(request.headers.get("Overwrite"))
+    gate, identity = fe.gate, note.identity
+    gate.require(identity, Privilege.WRITE, path)
+    gate.require(identity, Privilege.WRITE, destination)
+    namespace = fe.fed.namespace
+    if path == "/" or namespace.is_mount_point(path) or namespace.is_mount_point(destination):
+        raise Forbidden("mount points of the federation cannot be moved or replaced")
+    source = await fe.fed.locator.locate(path, Want.ALL, None, use_cache=False)
+    note.locate_seconds = source.elapsed
+    if not source.replicas:
+        raise fe.missing(path, source)
+    if source.unknown:
+        raise ServiceUnavailable(
+            f"cannot move {path}: some endpoints could not say whether they hold it "
+            f"({'; '.join(f'{n}: {w}' for n, w in source.unknown)})"
+        )
+    target = await fe.fed.locator.locate(destination, Want.FIRST, None, use_cache=False)
+    if target.replicas:
+        if not overwrite:
+            raise moving.precondition(destination)
+        gate.require(identity, Privilege.MODIFY, destination)
+    translations = {r.endpoint: namespace.translate(destination, r.endpoint) for r in source.replicas}
+    moving.check_endpoints(path, destination, translations)
+    done: list[str] = []
+    failed: list[str] = []
+    await fe.fed.locator.invalidate_everywhere(destination, writing=True)
+    for replica in source.replicas:
+        endpoint = fe.fed.endpoints[replica.endpoint]
+        new_path = translations[replica.endpoint]
+        assert new_path is not None  # checked above
+        if not endpoint.settings.writable or not endpoint.capabilities.move:
+            failed.append(f"{replica.endpoint}: cannot rename (read-only, or no rename on this kind)")
+            continue
+        try:
+            await endpoint.move(replica.path, new_path, overwrite)
+        except EndpointError as exc:
+            failed.append(f"{replica.endpoint}: {exc}")
+        else:
+            done.append(replica.endpoint)
+    for changed in (path, destination):
+        await fe.fed.locator.invalidate_everywhere(changed)
+        fe.fed.forget_checksums(changed)
+    note.decision, note.endpoint = "move", ",".join(done) or None
+    if failed:
+        raise moving.failure(path, destination, done, failed)
+    return web.Response(status=204 if target.replicas else 201)
