@@ -1,4 +1,4 @@
-"""WebDAV PROPFIND bodies: the request we send and the 207 multistatus answers we read.
+"""WebDAV PROPFIND/PROPPATCH bodies: the requests we send and the 207 multistatus answers we read.
 
 Pure parsing, no I/O, so it can be tested on hand-written samples of what Apache mod_dav and
 nginx dav-ext answer. The parser is incremental (:class:`MultistatusParser` takes the body chunk by
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote_to_bytes, urlsplit
+from xml.sax.saxutils import escape, quoteattr
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser, ParseError
@@ -44,6 +45,13 @@ _TEXT_PROPS = frozenset({_LENGTH, _MODIFIED, _ETAG, _CONTENT_TYPE})
 # Key under which a propstat records <resourcetype><collection/>, kept apart from text properties.
 _COLLECTION_MARK = _RESOURCETYPE + "/collection"
 
+#: Namespace of the dead properties geofed keeps on a WebDAV server (``PROPPATCH``).
+GEOFED_NS = "https://geofed.org/ns"
+#: RFC 4331 live properties of a collection: the bytes still available / already used.
+QUOTA_AVAILABLE = _DAV + "quota-available-bytes"
+QUOTA_USED = _DAV + "quota-used-bytes"
+_XML_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
 # A href or property value longer than this is not a real answer; refuse rather than buffer it.
 MAX_TEXT = 64 * 1024
 # mod_dav and dav-ext nest at most ~6 levels; dead properties could add a few. Deeper is hostile.
@@ -68,6 +76,55 @@ def propfind_body() -> bytes:
     return PROPFIND_BODY
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """``{namespace}local`` (Clark notation, as :attr:`DavItem.props` keys are) → (namespace, local)."""
+    namespace, _, local = name[1:].partition("}")
+    if not name.startswith("{") or not namespace or not _XML_NAME.fullmatch(local):
+        raise ValueError(f"not a namespaced property name: {name!r}")
+    return namespace, local
+
+
+def _namespaces(names: Iterable[str]) -> tuple[dict[str, str], str]:
+    """A prefix for every namespace among ``names`` (DAV: is ``D``) and their xmlns declarations."""
+    prefixes = {"DAV:": "D"}
+    for name in names:
+        namespace = _split_name(name)[0]
+        prefixes.setdefault(namespace, f"n{len(prefixes)}")
+    declarations = " ".join(f"xmlns:{prefix}={quoteattr(ns)}" for ns, prefix in prefixes.items())
+    return prefixes, declarations
+
+
+def _qualified(prefixes: Mapping[str, str], name: str) -> str:
+    namespace, local = _split_name(name)
+    return f"{prefixes[namespace]}:{local}"
+
+
+def propfind_named_body(names: Iterable[str]) -> bytes:
+    """A PROPFIND body asking for the stat properties and ``names`` (Clark notation) besides."""
+    extra = list(names)
+    prefixes, declarations = _namespaces(extra)
+    wanted = "".join(f"<{_qualified(prefixes, name)}/>" for name in extra)
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f"<D:propfind {declarations}><D:prop>"
+        "<D:resourcetype/><D:getcontentlength/><D:getlastmodified/><D:getetag/><D:getcontenttype/>"
+        f"{wanted}</D:prop></D:propfind>"
+    ).encode()
+
+
+def proppatch_body(values: Mapping[str, str]) -> bytes:
+    """A PROPPATCH body setting each property of ``values`` (Clark notation → text, escaped)."""
+    prefixes, declarations = _namespaces(values)
+    props = "".join(
+        f"<{_qualified(prefixes, name)}>{escape(text)}</{_qualified(prefixes, name)}>"
+        for name, text in values.items()
+    )
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        f"<D:propertyupdate {declarations}><D:set><D:prop>{props}</D:prop></D:set></D:propertyupdate>"
+    ).encode()
+
+
 class DavXMLError(ValueError):
     """A multistatus body is malformed, not a multistatus, or uses forbidden XML (DTD, entities)."""
 
@@ -78,6 +135,17 @@ class DavItem:
 
     path: str
     stat: StatResult
+    props: tuple[tuple[str, str], ...] = ()
+    """The extra properties the parser was asked for (Clark notation → text) that came with a 2xx
+    propstat: a dead property geofed set, an RFC 4331 quota. A property listed here with an empty
+    text was present but empty (a PROPPATCH answer names the properties it set that way)."""
+
+    def prop(self, name: str) -> str | None:
+        """The text of the extra property ``name``, or None when the server did not return it."""
+        for key, value in self.props:
+            if key == name:
+                return value
+        return None
 
 
 def normalise_path(path: str) -> str:
@@ -153,10 +221,11 @@ class _ResponseBuilder:
         self.props = {}
         self.propstat_status = None
 
-    def items(self) -> list[DavItem]:
+    def items(self, extra: frozenset[str]) -> list[DavItem]:
         if self.status is not None and not 200 <= self.status < 300:
             return []  # e.g. "HTTP/1.1 404 Not Found" for a child that vanished mid-listing
         props = self.ok_props
+        found = tuple((name, value) for name, value in props.items() if name in extra)
         stat = StatResult(
             is_dir=self.is_dir,
             size=parse_length(props.get(_LENGTH)),
@@ -170,15 +239,16 @@ class _ResponseBuilder:
             if path is None:
                 logger.warning("skipping a WebDAV entry whose name is not UTF-8: %r", href)
                 continue
-            out.append(DavItem(path, stat))
+            out.append(DavItem(path, stat, found))
         return out
 
 
 class _Target:
     """The expat target: tracks the element stack and turns each finished response into items."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: frozenset[str] = frozenset()) -> None:
         self.ready: list[DavItem] = []
+        self._extra = extra
         self._stack: list[str] = []
         self._text: list[str] = []
         self._text_len = 0
@@ -212,7 +282,8 @@ class _Target:
             return tag in (_HREF, _STATUS)
         if parent == _PROPSTAT:
             return tag == _STATUS
-        return parent == _PROP and tag in _TEXT_PROPS and self._parent(3) == _PROPSTAT
+        wanted = tag in _TEXT_PROPS or tag in self._extra
+        return parent == _PROP and wanted and self._parent(3) == _PROPSTAT
 
     def data(self, data: str) -> None:
         if self._keep_text:
@@ -237,7 +308,7 @@ class _Target:
         elif response is not None and tag == _PROPSTAT:
             response.end_propstat()
         elif response is not None and tag == _RESPONSE and self._parent() == _MULTISTATUS:
-            self.ready.extend(response.items())
+            self.ready.extend(response.items(self._extra))
             self._response = None
         self._keep_text = False
         self._text.clear()
@@ -252,11 +323,12 @@ class MultistatusParser:
     """Incremental parser of a 207 body: ``feed`` chunks, get back the entries completed so far.
 
     Per-propstat statuses are honoured (a ``404`` propstat, as nginx sends for ``getetag``, only
-    means "no such property"); a response whose own status is not 2xx is dropped.
+    means "no such property"); a response whose own status is not 2xx is dropped. ``extra`` names
+    further properties (Clark notation) whose text is kept in :attr:`DavItem.props`.
     """
 
-    def __init__(self) -> None:
-        self._target = _Target()
+    def __init__(self, extra: Iterable[str] = ()) -> None:
+        self._target = _Target(frozenset(extra))
         self._parser = DefusedXMLParser(
             target=self._target, forbid_dtd=True, forbid_entities=True, forbid_external=True
         )
@@ -294,9 +366,9 @@ def _describe(exc: Exception) -> str:
     return f"{name}: {exc}" if isinstance(exc, DefusedXmlException) else str(exc)
 
 
-def parse_multistatus(body: bytes | Iterable[bytes]) -> list[DavItem]:
+def parse_multistatus(body: bytes | Iterable[bytes], extra: Iterable[str] = ()) -> list[DavItem]:
     """Every entry of a whole multistatus body (or of an iterable of its chunks)."""
-    parser = MultistatusParser()
+    parser = MultistatusParser(extra)
     items: list[DavItem] = []
     for chunk in [body] if isinstance(body, bytes) else body:
         items.extend(parser.feed(chunk))

@@ -16,7 +16,15 @@ def status_document(federation: Federation) -> dict[str, object]:
         state = federation.health.states[name].as_json()
         settings = endpoint.settings
         location = federation.locations.get(name)
+        space = federation.space.space.get(name)
         state.update(
+            space=None
+            if space is None
+            else {
+                "used_bytes": space.used,
+                "available_bytes": space.available,
+                "quota_bytes": settings.quota,
+            },
             kind=settings.kind,
             readable=settings.readable,
             listable=settings.listable,
@@ -39,6 +47,10 @@ def status_document(federation: Federation) -> dict[str, object]:
         "version": __version__,
         "endpoints": endpoints,
         "cache": {"entries": len(cache), "hits": cache.hits, "misses": cache.misses, "l2": l2},
+        "checksums": {
+            "computed": federation.checksums.computations,
+            "bytes_hashed": federation.checksums.bytes_hashed,
+        },
     }
 
 
