@@ -8,6 +8,7 @@ run:
 test:
 	@bash scripts/install-test-deps.sh
 	@bash scripts/venv.sh test
+	@bash scripts/rucio-venv.sh
 	.venv/bin/ruff check src tests $(wildcard bench)
 	.venv/bin/mypy
 	.venv/bin/pytest -q -p no:cacheprovider

@@ -7,6 +7,8 @@ end and the command line both use it, so ``geofed locate`` explains exactly what
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import random
 import socket
@@ -57,6 +59,11 @@ class Federation:
         self.endpoints: dict[str, Endpoint] = {
             e.name: build_endpoint(e, self.signer) for e in settings.endpoints
         }
+        seal_key = hmac.new(
+            settings.signing.secret.encode(), b"geofed checksum seal", hashlib.sha256
+        ).digest()
+        for endpoint in self.endpoints.values():
+            endpoint.seal_key = seal_key
         self.url_lifetimes: dict[str, float] = {
             e.name: e.url_lifetime or self.url_lifetime for e in settings.endpoints
         }

@@ -5,12 +5,14 @@ stores themselves check every signature geofed hands out."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -344,3 +346,43 @@ def test_no_secret_leaves_geofed(
     assert "x-ugrs3posturl" in joined.lower()
     for secret in secrets_:
         assert secret not in joined
+
+
+@pytest.mark.parametrize("site", ["triumf", "azure-a"])
+def test_checksum_metadata_forged_on_upload_is_not_reported(
+    geofed: GeofedServer, cloud: CloudFederation, site: str, tmp_path: Path
+) -> None:
+    """A pre-signed PUT lets the client add metadata: one that sets geofed's own checksum names
+    (without the seal only geofed can make) gets the checksum of the stored bytes, not its claim."""
+    data = os.urandom(200_000)
+    source = tmp_path / "forged.dat"
+    source.write_bytes(data)
+    forged = {"adler32": "00000001", "md5": "0" * 32, "sha256": "0" * 64, "crc32c": "00000002"}
+    if site in AZURE_SITES:
+        args = ["-H", "x-ms-blob-type: BlockBlob"]
+        args += [arg for name, v in forged.items() for arg in ("-H", f"x-ms-meta-geofed_{name}: {v}")]
+        args += ["-H", "x-ms-meta-geofed_seal: 0123456789abcdef0123456789abcdef"]
+    else:
+        args = [arg for name, v in forged.items() for arg in ("-H", f"x-amz-meta-geofed-{name}: {v}")]
+        args += ["-H", "x-amz-meta-geofed-seal: 0123456789abcdef0123456789abcdef"]
+    url = f"{geofed.url}/cloud/forged/{site}.dat"
+    out = curl(
+        "-L",
+        "--interface",
+        client_ip(site),
+        "-T",
+        str(source),
+        *args,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        url,
+    )
+    assert out.stdout in ("200", "201"), out
+    assert cloud.get(site, f"/forged/{site}.dat") == data  # the store took the metadata too
+    head = curl("-sI", "-H", "Want-Digest: adler32, md5", url).stdout
+    digest = next(line for line in head.splitlines() if line.lower().startswith("digest:"))
+    expected_md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    assert f"adler32={zlib.adler32(data):08x}" in digest
+    assert f"md5={expected_md5}" in digest

@@ -59,7 +59,9 @@ def test_alternatives_are_offered_in_link_headers(geofed: GeofedServer, sites: S
     assert [p.strip().split(";", 1)[1].strip() for p in parts] == [
         "rel=duplicate; pri=1",
         "rel=duplicate; pri=2",
+        'rel=describedby; type="application/metalink4+xml"',
     ]
+    assert parts[2].strip().startswith("</fed/data/common.dat?metalink>")
     # next nearest to Victoria is Vancouver, then Geneva
     assert sites.urls["triumf"] in parts[0]
     assert "/_geofed/data/cern/" in parts[1]

@@ -78,12 +78,14 @@ from azure.storage.blob.aio import BlobClient, ContainerClient
 from geofed.config import EndpointSettings
 from geofed.endpoints.base import (
     CHECKSUM_ALGORITHMS,
+    SEAL,
     Capabilities,
     Endpoint,
     Entry,
     Space,
     StatResult,
     checksums_from_metadata,
+    sealed,
 )
 from geofed.endpoints.credentials import azure_account_key
 from geofed.errors import (
@@ -447,9 +449,11 @@ class AzureEndpoint(Endpoint):
         block_ids: list[str] = []
         prefix = os.urandom(8).hex()
         md5 = hashlib.md5()
+        size = 0
         async for chunk in chunks:
             if not chunk:
                 continue  # the service refuses empty blocks
+            size += len(chunk)
             block_id = base64.b64encode(f"{prefix}-{len(block_ids):08d}".encode()).decode()
             await self._call("PUT", path, blob.stage_block(block_id, chunk, length=len(chunk)))
             if len(chunk) >= HASH_INLINE_BELOW:
@@ -461,7 +465,9 @@ class AzureEndpoint(Endpoint):
         commit = blob.commit_block_list(
             [BlobBlock(block_id=b) for b in block_ids],
             content_settings=ContentSettings(content_md5=bytearray(digest)),
-            metadata={f"{METADATA_PREFIX}md5": digest.hex()},
+            metadata={
+                METADATA_PREFIX + k: v for k, v in sealed(self.seal_key, size, {"md5": digest.hex()}).items()
+            },
         )
         await self._call("PUT", path, commit)
 
@@ -640,8 +646,9 @@ class AzureEndpoint(Endpoint):
         plain ``<alg>`` metadata and the blob's ``Content-MD5`` (below ``geofed_md5``, above a
         plain ``md5``). No request: ``stat`` (and a listing's entries) carry both."""
         trusted = self.settings.checksum_metadata == "trusted"
-        found = checksums_from_metadata(stat.metadata, trusted)
-        if trusted and "md5" not in checksums_from_metadata(stat.metadata):
+        found = checksums_from_metadata(stat.metadata, trusted, seal_key=self.seal_key, size=stat.size)
+        ours = checksums_from_metadata(stat.metadata, seal_key=self.seal_key, size=stat.size)
+        if trusted and "md5" not in ours:
             content_md5 = dict(stat.metadata).get(CONTENT_MD5, "")
             if len(content_md5) == 32:
                 found["md5"] = content_md5
@@ -669,7 +676,9 @@ class AzureEndpoint(Endpoint):
         props = await self._call("CHECKSUM", path, blob.get_blob_properties())
         if _is_folder_blob(props) or not props.etag:
             return False
-        metadata = _merged_checksums(props.metadata or {}, checked)
+        current = props.metadata or {}
+        kept = checksums_from_metadata(tuple(current.items()), seal_key=self.seal_key, size=props.size)
+        metadata = _merged_checksums(current, sealed(self.seal_key, props.size, {**kept, **checked}))
         update = blob.set_blob_metadata(
             metadata, etag=props.etag, match_condition=MatchConditions.IfNotModified
         )
@@ -742,7 +751,7 @@ def _transport_cause(exc: BaseException) -> BaseException | None:
 def _merged_checksums(metadata: Mapping[str, str], values: Mapping[str, str]) -> dict[str, str]:
     """``metadata`` without any ``geofed_<alg>`` entry (whatever its case), plus ``values`` as
     ``geofed_<alg>``."""
-    ours = {METADATA_PREFIX + algorithm for algorithm in CHECKSUM_ALGORITHMS}
+    ours = {METADATA_PREFIX + name for name in (*CHECKSUM_ALGORITHMS, SEAL)}
     kept = {k: v for k, v in metadata.items() if k.lower() not in ours}
     return {**kept, **{METADATA_PREFIX + algorithm: value for algorithm, value in values.items()}}
 

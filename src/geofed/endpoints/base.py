@@ -17,7 +17,9 @@ No library exception (aiohttp, OSError) crosses this boundary.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+import hashlib
+import hmac
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from geofed.config import EndpointSettings
@@ -86,12 +88,42 @@ client's ``x-amz-meta-adler32`` claim, which is never reported."""
 CHECKSUM_ALGORITHMS = ("adler32", "md5", "sha256", "crc32c")
 
 
-def checksums_from_metadata(metadata: tuple[tuple[str, str], ...], trusted: bool = False) -> dict[str, str]:
-    """The ``geofed-<alg>`` (or Azure's ``geofed_<alg>``) entries of user metadata; with ``trusted``
-    (``endpoints[].checksum_metadata: trusted``) also plain ``<alg>`` entries that the site's own
-    tools wrote (``x-amz-meta-adler32``), which geofed otherwise treats as a client's claim."""
+SEAL = "seal"
+"""The metadata entry (``geofed-seal``) that proves the ``geofed-<alg>`` values next to it were
+written by geofed: an HMAC, keyed with a key derived from ``signing.secret``, over the object's
+size and the values. Whoever can write an object through a pre-signed URL can also set its
+metadata (S3 and Azure accept ``x-amz-meta-*`` / ``x-ms-meta-*`` headers on such a PUT), so
+without it a client could make geofed report a checksum it never computed."""
+
+
+def checksum_seal(key: bytes, size: int | None, values: Mapping[str, str]) -> str:
+    """The seal of ``values`` (canonical algorithm → hex) for an object of ``size`` bytes."""
+    text = f"{size}\n" + "\n".join(f"{algorithm}={values[algorithm]}" for algorithm in sorted(values))
+    return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def sealed(key: bytes | None, size: int | None, values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` plus their seal (as the entry ``seal``), ready to be stored under the prefix."""
+    out = dict(values)
+    if key is not None:
+        out[SEAL] = checksum_seal(key, size, values)
+    return out
+
+
+def checksums_from_metadata(
+    metadata: tuple[tuple[str, str], ...],
+    trusted: bool = False,
+    *,
+    seal_key: bytes | None = None,
+    size: int | None = None,
+) -> dict[str, str]:
+    """The ``geofed-<alg>`` (or Azure's ``geofed_<alg>``) entries of user metadata, believed only
+    with a valid ``geofed-seal`` when ``seal_key`` is given (always, inside a federation); with
+    ``trusted`` (``endpoints[].checksum_metadata: trusted``) also plain ``<alg>`` entries that the
+    site's own tools wrote (``x-amz-meta-adler32``), which geofed otherwise treats as a claim."""
     found: dict[str, str] = {}
     plain: dict[str, str] = {}
+    seal: str | None = None
     for name, value in metadata:
         key = name.lower().replace("_", "-")
         value = value.strip().lower()
@@ -101,8 +133,14 @@ def checksums_from_metadata(metadata: tuple[tuple[str, str], ...], trusted: bool
             algorithm = key[len(CHECKSUM_METADATA_PREFIX) :]
             if algorithm in CHECKSUM_ALGORITHMS:
                 found[algorithm] = value
+            elif algorithm == SEAL:
+                seal = value
         elif trusted and key in CHECKSUM_ALGORITHMS:
             plain[key] = value
+    if seal_key is not None and found:
+        expected = checksum_seal(seal_key, size, found)
+        if seal is None or not hmac.compare_digest(seal, expected):
+            found = {}
     return {**plain, **found}
 
 
@@ -114,6 +152,8 @@ class Endpoint(abc.ABC):
     def __init__(self, settings: EndpointSettings) -> None:
         self.settings = settings
         self.name = settings.name
+        self.seal_key: bytes | None = None
+        """Set by the federation (derived from ``signing.secret``): seals stored checksums."""
 
     @abc.abstractmethod
     async def stat(self, path: str) -> StatResult | None:
@@ -174,7 +214,12 @@ class Endpoint(abc.ABC):
         hex for every algorithm. Only values computed from the stored bytes count (by geofed earlier,
         or verified by the store, like S3's single-part ETag): never a value a client declared. The
         default reads ``stat.metadata`` written by :meth:`store_checksums`; kinds override it."""
-        return checksums_from_metadata(stat.metadata, self.settings.checksum_metadata == "trusted")
+        return checksums_from_metadata(
+            stat.metadata,
+            self.settings.checksum_metadata == "trusted",
+            seal_key=self.seal_key,
+            size=stat.size,
+        )
 
     async def store_checksums(self, path: str, values: dict[str, str]) -> bool:
         """Keep ``values`` (as :meth:`stored_checksums` returns them) with the object so that the

@@ -1,4 +1,5 @@
-"""S3 XML documents: ListObjectsV2 pages, error documents, multi-object deletes, multipart answers.
+"""S3 XML documents: ListObjectsV2 pages, error documents, multi-object deletes, multipart and copy
+answers.
 
 Pure parsing and building, no I/O, so it is tested on hand-written samples of what S3 and Ceph RGW
 answer. A listing page holds at most ``max-keys`` (1000) entries, so a page is parsed whole; the
@@ -51,6 +52,9 @@ class ListPage:
     truncated: bool = False
     next_token: str | None = None
     key_count: int = 0
+    storage_classes: dict[str, str] = field(default_factory=dict)
+    """The ``StorageClass`` of the listed keys that have one other than STANDARD (a copy of such
+    an object must name it again, or S3 makes the copy STANDARD)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +121,7 @@ def parse_list_page(body: bytes) -> ListPage:
 
     objects: list[ObjectInfo] = []
     prefixes: list[str] = []
+    storage_classes: dict[str, str] = {}
     for child in root:
         name = _local(child.tag)
         if name == "Contents":
@@ -132,6 +137,9 @@ def parse_list_page(body: bytes) -> ListPage:
                     etag=_text(fields, "ETag") or None,
                 )
             )
+            storage_class = (_text(fields, "StorageClass") or "").strip()
+            if storage_class and storage_class != "STANDARD":
+                storage_classes[objects[-1].key] = storage_class
         elif name == "CommonPrefixes":
             prefix = _text(_children(child), "Prefix")
             if prefix is not None:
@@ -147,6 +155,7 @@ def parse_list_page(body: bytes) -> ListPage:
         truncated=truncated,
         next_token=token,
         key_count=len(objects) + len(prefixes) if count is None else count,
+        storage_classes=storage_classes,
     )
 
 
@@ -175,6 +184,29 @@ def parse_upload_id(body: bytes) -> str:
     if not upload_id:
         raise S3XMLError("an InitiateMultipartUploadResult without <UploadId>")
     return upload_id
+
+
+def parse_copy_etag(body: bytes) -> str:
+    """The ``ETag`` of a ``<CopyObjectResult>`` (CopyObject) or ``<CopyPartResult>`` (UploadPartCopy),
+    quoted as S3 writes ETags in headers (RGW leaves the quotes out of these documents).
+
+    S3 may answer 200 and still fail a long copy, with an ``<Error>`` body: that is not a copy
+    result, so this raises S3XMLError (the caller checks :func:`parse_error` first).
+    """
+    try:
+        root = _parse(body, "CopyObjectResult")
+    except S3XMLError:
+        root = _parse(body, "CopyPartResult")
+    etag = (_text(_children(root), "ETag") or "").strip()
+    if not etag:
+        raise S3XMLError(f"a <{_local(root.tag)}> without <ETag>")
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+def parse_complete_multipart(body: bytes) -> None:
+    """Check that a 200 answer to CompleteMultipartUpload is a ``<CompleteMultipartUploadResult>``
+    (S3 sends 200 early and may then report a failure as an ``<Error>`` body)."""
+    _parse(body, "CompleteMultipartUploadResult")
 
 
 def complete_multipart_body(etags: Iterable[str]) -> bytes:

@@ -74,14 +74,19 @@ async def _extra_properties(
     identity: Identity,
 ) -> dict[tuple[str, str], str]:
     """Properties that cost more than a stat, given only when asked for by name: RFC 4331 quota at
-    the root and at mount points (the sum over the endpoints below), checksums of a file."""
+    the root and at mount points (the sum over the endpoints below; what is available only over
+    the writable ones, since no client can use a read-only endpoint's free space), checksums of a
+    file."""
     extra: dict[tuple[str, str], str] = {}
     if stat.is_dir and any(propfind_xml.asks_for(wanted, p) for p in propfind_xml.QUOTA_PROPERTIES):
-        space = total(fe.fed.space.space.get(name) for name in _endpoints_below(fe, path))
-        if space is not None and space.used is not None:
-            extra[propfind_xml.QUOTA_PROPERTIES[0]] = str(space.used)
-        if space is not None and space.available is not None:
-            extra[propfind_xml.QUOTA_PROPERTIES[1]] = str(space.available)
+        known = fe.fed.space.space
+        below = _endpoints_below(fe, path)
+        used = total(known.get(name) for name in below)
+        writable = total(known.get(name) for name in below if fe.fed.endpoints[name].settings.writable)
+        if used is not None and used.used is not None:
+            extra[propfind_xml.QUOTA_PROPERTIES[0]] = str(used.used)
+        if writable is not None and writable.available is not None:
+            extra[propfind_xml.QUOTA_PROPERTIES[1]] = str(writable.available)
     if (
         not stat.is_dir
         and propfind_xml.asks_for(wanted, propfind_xml.CHECKSUMS_PROPERTY)

@@ -27,7 +27,7 @@ from geofed.errors import (
 from geofed.federation.listing import ListingMerger
 from geofed.federation.locator import LocateResult, Want
 from geofed.federation.paths import is_clean_request_path, request_path
-from geofed.frontend import browse, metalink, reads, writes
+from geofed.frontend import browse, metalink, readproxy, reads, uploadproxy, writes
 from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.clientaddr import ClientAddressResolver
 from geofed.frontend.common import (
@@ -86,6 +86,7 @@ class FederationFrontEnd:
         self._max_alternatives = fs.federation.max_alternatives
         self._retry_after = fs.federation.retry_after
         self._proxy_prefix = fs.proxy.url_prefix
+        self._proxy_reads = fs.proxy.reads
 
     # -- entry points -------------------------------------------------------------------------
 
@@ -246,6 +247,13 @@ class FederationFrontEnd:
         if not ranking.accepted:
             reasons = "; ".join(f"{r.endpoint}: {r.reason}" for r in ranking.rejected)
             raise ServiceUnavailable(f"no replica of {path} can be served now ({reasons})")
+        if self._proxy_reads and uploadproxy.proxy_mode(
+            self.fed.settings.proxy,
+            request.headers.get("User-Agent", ""),
+            path,
+            bool(request.get(VIA_PROXY_PREFIX)),
+        ):
+            return await readproxy.stream(self, request, path, result, ranking, note)
 
         def sign(endpoint: str, endpoint_path: str, extra: float) -> str:
             lifetime = self.fed.url_lifetimes[endpoint] + extra

@@ -1,16 +1,20 @@
 """What a read tells besides where the bytes are: checksums (RFC 3230 ``Digest``, RFC 9530
-``Repr-Digest``, ``Content-MD5``) and the metalink of every replica (RFC 5854).
+``Repr-Digest``) and the metalink of every replica (RFC 5854).
 
 Checksums come from :class:`~geofed.checksums.ChecksumService` (caches, then what the endpoint
 keeps, else one streamed read of the closest readable replica). The algorithm is echoed as the
 client spelled it: gfal2 asks ``ADLER32`` and accepts nothing else. An algorithm geofed does not
 know is not an error: the answer simply has no digest for it and says, in ``Want-Digest``, which
 algorithms it could give.
+
+No ``Content-MD5`` is sent, even for MD5: davix (so gfal2, so Rucio's ``ctx.checksum(url, 'MD5')``)
+looks at ``Content-MD5`` before ``Digest`` and hands the caller its base64-*decoded* bytes without
+hex-encoding them (``internal_checksum`` in davix's ``davmeta.cpp``), so the caller gets 16 raw bytes
+instead of 32 hex digits. The ``Digest`` entry alone is decoded correctly.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
 from typing import TYPE_CHECKING
 
@@ -81,8 +85,6 @@ async def digest_headers(
         headers["Digest"] = text
     if structured and (text := format_repr_digest(structured, values)):
         headers["Repr-Digest"] = text
-    if "md5" in values and "md5" in plain.algorithms:
-        headers["Content-MD5"] = base64.b64encode(bytes.fromhex(values["md5"])).decode()
     if not headers:
         headers["Want-Digest"] = SUPPORTED
     claims = fe.fed.claims.get(path)

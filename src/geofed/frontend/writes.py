@@ -40,6 +40,9 @@ from geofed.frontend.common import (
 if TYPE_CHECKING:
     from geofed.frontend.handlers import FederationFrontEnd
 
+CLAIM_TTL = 86400.0
+"""How long a checksum declared on a redirected PUT is kept to be compared with the stored bytes."""
+
 
 async def put(fe: FederationFrontEnd, request: web.Request, path: str, note: Note) -> web.StreamResponse:
     fe.gate.require(note.identity, Privilege.WRITE, path)
@@ -83,7 +86,9 @@ async def put(fe: FederationFrontEnd, request: web.Request, path: str, note: Not
     if forced:
         raise MethodNotAllowed(f"endpoint {best.endpoint} cannot take streamed uploads (proxy mode)")
     if claims:  # checked when the checksum is first computed from the stored bytes
-        fe.fed.claims.put(path, claims, 86400.0)
+        fe.fed.claims.put(path, claims, CLAIM_TTL)
+    else:  # an earlier upload's declaration says nothing about these bytes
+        fe.fed.claims.discard(path)
     await fe.fed.locator.invalidate_everywhere(path, writing=True)
     fe.fed.forget_checksums(path)
     headers = {"Location": fe.signed(request, "PUT", best.endpoint, best.path)}
@@ -104,6 +109,7 @@ async def proxy_upload(
     existed = (await fe.fed.locator.locate(path, Want.FIRST, None)).replicas != ()
     await fe.fed.locator.invalidate_everywhere(path, writing=True)
     fe.fed.forget_checksums(path)
+    fe.fed.claims.discard(path)  # these bytes are checked against their own declaration, if any
     try:
         await uploadproxy.stream_upload(request, endpoint, endpoint_path, declared_checksums(request))
     except EndpointError as exc:
@@ -165,6 +171,7 @@ async def delete(fe: FederationFrontEnd, request: web.Request, path: str, note: 
             deleted.append(replica.endpoint)
     await fe.fed.locator.invalidate_everywhere(path)
     fe.fed.forget_checksums(path)
+    fe.fed.claims.discard(path)
     note.decision, note.endpoint = "delete", ",".join(deleted) or None
     if failures:
         done = f"deleted on {', '.join(deleted)}; " if deleted else ""
@@ -234,7 +241,7 @@ async def move(fe: FederationFrontEnd, request: web.Request, path: str, note: No
             f"cannot move {path}: some endpoints could not say whether they hold it "
             f"({'; '.join(f'{n}: {w}' for n, w in source.unknown)})"
         )
-    target = await fe.fed.locator.locate(destination, Want.FIRST, None, use_cache=False)
+    target = await fe.fed.locator.locate(destination, Want.ALL, None, use_cache=False)
     if target.replicas:
         if not overwrite:
             raise moving.precondition(destination)
@@ -257,9 +264,27 @@ async def move(fe: FederationFrontEnd, request: web.Request, path: str, note: No
             failed.append(f"{replica.endpoint}: {exc}")
         else:
             done.append(replica.endpoint)
+    if not failed:  # an overwritten destination must not live on where no source replica went
+        for stale in (r for r in target.replicas if r.endpoint not in translations):
+            endpoint = fe.fed.endpoints[stale.endpoint]
+            if not endpoint.settings.writable or not endpoint.capabilities.delete:
+                failed.append(f"{stale.endpoint}: cannot delete the replaced {destination} (read-only)")
+                continue
+            try:
+                await endpoint.delete(stale.path)
+            except PathNotFound:
+                pass
+            except EndpointError as exc:
+                failed.append(f"{stale.endpoint}: replaced {destination} not deleted: {exc}")
     for changed in (path, destination):
         await fe.fed.locator.invalidate_everywhere(changed)
         fe.fed.forget_checksums(changed)
+    claims = fe.fed.claims.get(path)  # the declaration goes with the bytes it was made for
+    fe.fed.claims.discard(path)
+    if claims and done:
+        fe.fed.claims.put(destination, claims, CLAIM_TTL)
+    else:
+        fe.fed.claims.discard(destination)
     note.decision, note.endpoint = "move", ",".join(done) or None
     if failed:
         raise moving.failure(path, destination, done, failed)
