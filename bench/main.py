@@ -14,14 +14,16 @@ from typing import Any
 from bench.cold import MAX_PATHS, ColdOptions, ColdResults, run_cold
 from bench.procs import shared_tmpdir
 from bench.report import machine_busy, table, versions
+from bench.tls import DEFAULT_ROUNDS as TLS_ROUNDS
+from bench.tls import TlsOptions, TlsResults, run_tls
 from bench.warm import WarmOptions, WarmResults, compare_variants, run_warm, run_warm_s3
 from bench.workers import WorkersResults, run_workers
 
 FULL = {"duration": 5, "rounds": 3, "warmup": 2, "paths": 100}
 BUSY_WARNING = 0.05
 QUICK = {"duration": 1, "rounds": 2, "warmup": 1, "paths": 10}
-BENCHMARKS = ("warm", "warm-s3", "cold", "workers")
-DEFAULT_RUN = ("warm", "warm-s3", "cold")  # workers: only on request (see below)
+BENCHMARKS = ("warm", "warm-s3", "cold", "workers", "tls")
+DEFAULT_RUN = ("warm", "warm-s3", "cold")  # workers, tls: only on request (see below)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -32,14 +34,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         choices=BENCHMARKS,
         help="run only this benchmark (repeatable): warm (local endpoints), warm-s3 (S3 endpoints on "
-        "Ceph RGW), cold, workers (only run on request); default: warm, warm-s3 and cold",
+        "Ceph RGW), cold, workers and tls (these two only run on request); default: warm, warm-s3 and cold",
     )
-    parser.add_argument("--duration", type=int, help="whole seconds per wrk run (default 5, quick 1)")
-    parser.add_argument("--rounds", type=int, help="wrk rounds per server and mode (default 3, quick 2)")
+    parser.add_argument(
+        "--duration", type=int, help="whole seconds per wrk run and s_time -time (default 5, quick 1)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, help="wrk rounds per server and mode (default 3, quick 2; tls: 2)"
+    )
     parser.add_argument("--paths", type=int, help="uncached paths for the cold benchmark (default 100)")
     parser.add_argument("--json", type=Path, help="also write the raw results to this JSON file")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
+    args.rounds_given = args.rounds is not None
     for key in ("duration", "rounds", "paths"):
         if getattr(args, key) is None:
             setattr(args, key, defaults[key])
@@ -98,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
             workers = run_workers(work, warm_options, _log)
         print(workers.render())
         print()
+    tls: TlsResults | None = None
+    if "tls" in args.only:  # only on request: it needs a C compiler, and takes ~2 min
+        _log("running: TLS with X509 proxy clients: keep-alive throughput and handshakes ...")
+        rounds = args.rounds if args.rounds_given else min(args.rounds, TLS_ROUNDS)
+        with shared_tmpdir("geofed-bench-tls-") as work:
+            tls = run_tls(work, TlsOptions(args.duration, rounds, min(args.warmup, 1)), _log)
+        print(tls.render())
+        print()
     busy = machine_busy()
     print(f"other load after the run: {busy:.0%} of all CPUs busy while idle")
     print(f"total time {time.monotonic() - started:.0f} s")
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         document["warm_s3"] = None if warm_s3 is None else asdict(warm_s3)
         document["cold"] = None if cold is None else asdict(cold)
         document["workers"] = None if workers is None else asdict(workers)
+        document["tls"] = None if tls is None else asdict(tls)
         args.json.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    problems = [p for r in (warm, warm_s3, cold, workers) if r is not None for p in r.problems]
+    problems = [p for r in (warm, warm_s3, cold, workers, tls) if r is not None for p in r.problems]
     return 1 if problems else 0

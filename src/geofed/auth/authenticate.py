@@ -111,8 +111,12 @@ class Authenticator:
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if ssl_object is not None:
             known = self._by_connection.get(ssl_object)
-            if known is not None or ssl_object.getpeercert(binary_form=True):
+            if known is not None:
                 return known
+            if ssl_object.getpeercert(binary_form=True):
+                # the first request of a connection: reading the chain is synchronous (cached by
+                # the leaf for resumed sessions), so the fast path serves this request too
+                return self._connection_identity(ssl_object)
         if self._headers is not None and self._from_trusted_proxy(request.remote):
             return self._header_identity(request, self._headers)
         return ANONYMOUS
