@@ -349,3 +349,12 @@ def test_macaroon_request_is_refused_clearly(grid: GridLayout, fed: GeofedServer
         "--data", '{"caveats": ["activity:DOWNLOAD"], "validity": "PT60M"}', cred=grid.proxies.voms,
     )  # fmt: skip
     assert status == "405" and b"macaroon" in body
+
+
+def test_required_client_certificates_refuse_a_client_without_one(grid: GridLayout) -> None:
+    with GeofedServer(grid.settings(client_certificates="required")) as server:
+        (grid.store / "public" / "req.txt").write_bytes(b"needs a certificate\n")
+        rc, status, _ = curl(grid, server.url + "/fed/public/req.txt", "-L")
+        assert rc in (35, 52, 56) and status == "000"  # the handshake fails: no certificate
+        rc, status, body = curl(grid, server.url + "/fed/public/req.txt", "-L", cred=grid.proxies.voms)
+        assert (rc, status, body) == (0, "200", b"needs a certificate\n")
