@@ -1,10 +1,11 @@
-"""The ``geofed`` command: serve, check-config, locate."""
+"""The ``geofed`` command: serve, check-config, locate, import-dynafed."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import socket
 import ssl
 import sys
@@ -156,6 +157,68 @@ def check_config(config: str) -> None:
             f"{config}: warning: no policy rule and no token issuer: every request will be refused",
             err=True,
         )
+
+
+@main.command("import-dynafed")
+@click.argument("configs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the geofed YAML here instead of to standard output.",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read absolute INCLUDE paths below this directory (a copy of the Dynafed host's files).",
+)
+@click.option(
+    "--ignore-missing-includes",
+    is_flag=True,
+    help="Report an INCLUDE whose target does not exist instead of stopping.",
+)
+@click.option(
+    "--anonymous-user",
+    default="nobody",
+    show_default=True,
+    help="The user name Dynafed's front end gave anonymous clients (Apache NSAnon).",
+)
+def import_dynafed_command(
+    configs: tuple[Path, ...],
+    output: Path | None,
+    root: Path | None,
+    ignore_missing_includes: bool,
+    anonymous_user: str,
+) -> None:
+    """Convert a Dynafed configuration (ugr.conf, the files it includes, and any further CONFIGS) into
+    geofed YAML; what could not be mapped is listed on standard error."""
+    from geofed.dynafed import DynafedInputError, import_dynafed
+
+    try:
+        result = import_dynafed(
+            configs, root=root, ignore_missing_includes=ignore_missing_includes, anonymous_user=anonymous_user
+        )
+    except DynafedInputError as exc:
+        click.echo(f"geofed: {exc}", err=True)
+        sys.exit(2)
+    except ConfigError as exc:
+        click.echo(f"geofed: the converted configuration is not valid: {exc}", err=True)
+        sys.exit(2)
+    text = result.yaml_text()
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        try:
+            # Keys copied inline from the Dynafed files make the output a secret: never world-readable.
+            mode = 0o600 if result.inline_secrets else 0o644
+            with os.fdopen(os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as handle:
+                handle.write(text)
+            if result.inline_secrets:
+                output.chmod(0o600)
+        except OSError as exc:
+            click.echo(f"geofed: cannot write {output}: {exc.strerror or exc}", err=True)
+            sys.exit(1)
+    click.echo(result.render_report(), err=True, nl=False)
 
 
 @main.command()
