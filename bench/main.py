@@ -16,13 +16,15 @@ from bench.procs import shared_tmpdir
 from bench.report import machine_busy, table, versions
 from bench.tls import DEFAULT_ROUNDS as TLS_ROUNDS
 from bench.tls import TlsOptions, TlsResults, run_tls
+from bench.tpc import TpcOptions, TpcResults
+from bench.tpc import run as run_tpc
 from bench.warm import WarmOptions, WarmResults, compare_variants, run_warm, run_warm_s3
 from bench.workers import WorkersResults, run_workers
 
 FULL = {"duration": 5, "rounds": 3, "warmup": 2, "paths": 100}
 BUSY_WARNING = 0.05
 QUICK = {"duration": 1, "rounds": 2, "warmup": 1, "paths": 10}
-BENCHMARKS = ("warm", "warm-s3", "cold", "workers", "tls")
+BENCHMARKS = ("warm", "warm-s3", "cold", "workers", "tls", "tpc")
 DEFAULT_RUN = ("warm", "warm-s3", "cold")  # workers, tls: only on request (see below)
 
 
@@ -113,6 +115,13 @@ def main(argv: list[str] | None = None) -> int:
             tls = run_tls(work, TlsOptions(args.duration, rounds, min(args.warmup, 1)), _log)
         print(tls.render())
         print()
+    tpc: TpcResults | None = None
+    if "tpc" in args.only:  # only on request: it moves GBs through Apache and Ceph RGW
+        _log("running: third-party copy through geofed vs a curl | curl pipe ...")
+        with shared_tmpdir("geofed-bench-tpc-") as work:
+            tpc = run_tpc(work, TpcOptions(size_mib=256 if args.quick else 512), _log)
+        print(tpc.render())
+        print()
     busy = machine_busy()
     print(f"other load after the run: {busy:.0%} of all CPUs busy while idle")
     print(f"total time {time.monotonic() - started:.0f} s")
@@ -123,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         document["cold"] = None if cold is None else asdict(cold)
         document["workers"] = None if workers is None else asdict(workers)
         document["tls"] = None if tls is None else asdict(tls)
+        document["tpc"] = None if tpc is None else asdict(tpc)
         args.json.write_text(json.dumps(document, indent=2), encoding="utf-8")
-    problems = [p for r in (warm, warm_s3, cold, workers, tls) if r is not None for p in r.problems]
+    problems = [p for r in (warm, warm_s3, cold, workers, tls, tpc) if r is not None for p in r.problems]
     return 1 if problems else 0

@@ -4,7 +4,8 @@
 #     davix/gfal2 as grid clients, wrk for load, curl; a Ceph mon + OSD + radosgw as the S3
 #     endpoint (the only local S3 server that really checks SigV4 signatures: s3rver and moto
 #     accept tampered ones), uuid-runtime for Ceph's OSD uuids; memcached and redis-server as
-#     the shared (L2) cache back ends;
+#     the shared (L2) cache back ends; chromium as the real browser the web UI tests drive through
+#     Playwright (with executable_path=/usr/bin/chromium: Playwright never downloads a browser);
 #   * Azurite 3.35.0 (npm) as the Azure Blob endpoint, into the project-local, gitignored
 #     .cache/azurite (pinned: 3.37+ needs Node >= 22; this machine kind has Node 20).
 #
@@ -47,6 +48,7 @@ PACKAGES=(
     uuid-runtime
     memcached
     redis-server
+    chromium
 )
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     PACKAGES+=(nodejs npm)

@@ -1,4 +1,4 @@
-"""The ``geofed`` command: serve, check-config, locate, import-dynafed."""
+"""The ``geofed`` command: serve, check-config, locate, import-dynafed, endpoints."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from aiohttp import web
 
 from geofed import __version__
 from geofed.config import Settings, load_settings
+from geofed.control import AdminClient, ControlError, base_url, render_table, server_settings
 from geofed.errors import ConfigError, HTTPError
 from geofed.federation.locator import Want
 from geofed.federation.paths import normalise
@@ -37,18 +38,10 @@ def _load(config: str) -> Settings:
 
 def _check_security_files(settings: Settings) -> int:
     """Read what ``auth`` and ``server.tls`` point at, so a broken file stops geofed at start; return
-    the number of policy rules."""
-    from geofed.auth.members import VOMemberList
-    from geofed.auth.policy import load_policy_file
-    from geofed.auth.tlsctx import server_context
+    the number of policy rules. A reload checks the same (:func:`geofed.live.check_files`)."""
+    from geofed.live import check_files
 
-    rules = len(settings.auth.policy)
-    if settings.auth.policy_file is not None:
-        rules += len(load_policy_file(settings.auth.policy_file))
-    VOMemberList.from_settings(settings.auth.vo_members)
-    if settings.server.tls is not None:
-        server_context(settings.server.tls)
-    return rules
+    return check_files(settings)[0]
 
 
 @click.group()
@@ -71,7 +64,9 @@ def main() -> None:
     "replaces any that dies.",
 )
 def serve(config: str | None, host: str | None, port: int | None, demo_dir: str, workers: int) -> None:
-    """Run the federation (the embedded demo of three local sites when no --config is given)."""
+    """Run the federation (the embedded demo of three local sites when no --config is given).
+
+    SIGHUP reloads the configuration file (see docs/operations.md, "Change it")."""
     from geofed.app import build_app
     from geofed.demo import demo_settings
 
@@ -90,7 +85,7 @@ def serve(config: str | None, host: str | None, port: int | None, demo_dir: str,
                 "through one may not be seen through the others until cache.negative_ttl passes",
                 err=True,
             )
-        _serve_workers(settings, host, port, workers)
+        _serve_workers(settings, host, port, workers, config)
         return
     try:
         import uvloop
@@ -109,7 +104,8 @@ def serve(config: str | None, host: str | None, port: int | None, demo_dir: str,
     url = server.public_url or f"{scheme}://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     tls = _tls_context(settings)
     click.echo(f"geofed {__version__}: open {url}  (status: {url.rstrip('/')}/_geofed/status)")
-    web.run_app(build_app(settings), sock=sock, access_log=None, print=None, ssl_context=tls)
+    app = build_app(settings, config_path=config, tls_context=tls, handle_signals=True)
+    web.run_app(app, sock=sock, access_log=None, print=None, ssl_context=tls)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -125,7 +121,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
         sys.exit(2)
 
 
-def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+def _serve_workers(settings: Settings, host: str, port: int, workers: int, config: str | None) -> None:
     """``serve --workers N`` (N > 1): bind here, then hand over to the supervisor (geofed.workers)."""
     from geofed.workers import Supervisor, bind_listeners
 
@@ -142,7 +138,7 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> No
     click.echo(
         f"geofed {__version__}: open {url}  (status: {url.rstrip('/')}/_geofed/status; {workers} workers)"
     )
-    sys.exit(Supervisor(settings, listeners, workers).run())
+    sys.exit(Supervisor(settings, listeners, workers, config_path=config).run())
 
 
 @main.command("check-config")
@@ -280,3 +276,121 @@ async def _locate(settings: Settings, path: str, client_ip: str | None) -> dict[
         }
     finally:
         await federation.stop()
+
+
+# -- geofed endpoints: the admin API of a running geofed ------------------------------------------
+
+
+def _connection_options(command: Any) -> Any:
+    """Where the running geofed is and how to present oneself; on the group and on each subcommand
+    (``geofed endpoints --url U disable X`` and ``geofed endpoints disable X --url U`` both work)."""
+    options = [
+        click.option(
+            "--url",
+            envvar="GEOFED_URL",
+            help="Base URL of the running geofed [default: from --config, else http://127.0.0.1:8080/].",
+        ),
+        click.option(
+            "--config",
+            "config",
+            type=click.Path(dir_okay=False),
+            help="Its configuration file: the URL is server.public_url, else server.host and port.",
+        ),
+        click.option(
+            "--cert",
+            type=click.Path(dir_okay=False, path_type=Path),
+            envvar="X509_USER_PROXY",
+            help="Client certificate or X509 proxy to present over HTTPS [env: X509_USER_PROXY].",
+        ),
+        click.option(
+            "--key",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Its private key, when not in the --cert file.",
+        ),
+        click.option(
+            "--capath",
+            type=click.Path(file_okay=False, path_type=Path),
+            envvar="X509_CERT_DIR",
+            help="Trusted CA directory (hashed, grid layout) [env: X509_CERT_DIR].",
+        ),
+        click.option("--cafile", type=click.Path(dir_okay=False, path_type=Path), help="Trusted CA file."),
+        click.option("--token", envvar="BEARER_TOKEN", help="Bearer token to present [env: BEARER_TOKEN]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _admin_client(connection: dict[str, Any]) -> AdminClient:
+    url = connection.get("url")
+    if url is None:
+        config = connection.get("config")
+        server = None
+        if config is not None:
+            try:
+                server = server_settings(config)
+            except ConfigError as exc:
+                click.echo(f"geofed: {exc}", err=True)
+                sys.exit(2)
+        url = base_url(server)
+    return AdminClient(
+        url,
+        cert=connection.get("cert"),
+        key=connection.get("key"),
+        capath=connection.get("capath"),
+        cafile=connection.get("cafile"),
+        token=connection.get("token"),
+    )
+
+
+def _admin_call(connection: dict[str, Any], method: str, path: str, body: Any = None) -> dict[str, Any]:
+    try:
+        _status, answer = _admin_client(connection).call(method, path, body)
+    except ControlError as exc:
+        click.echo(f"geofed: {exc}", err=True)
+        sys.exit(1)
+    return answer
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+@main.group(invoke_without_command=True)
+@_connection_options
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON answer instead of a table.")
+@click.pass_context
+def endpoints(ctx: click.Context, /, as_json: bool, **connection: Any) -> None:
+    """Show the state of each endpoint of a running geofed (name, kind, state, latency, space,
+    reason), or disable, drain or enable one. Needs an identity the policy grants every privilege
+    on /."""
+    ctx.obj = _given(connection)
+    if ctx.invoked_subcommand is not None:
+        return
+    document = _admin_call(ctx.obj, "GET", "/endpoints")
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+    else:
+        click.echo(render_table(document["endpoints"]), nl=False)
+
+
+def _mark_command(action: str, summary: str) -> None:
+    @endpoints.command(action, help=summary)
+    @click.argument("name")
+    @click.option("--reason", help="Why (shown with the endpoint's state).")
+    @_connection_options
+    @click.pass_context
+    def command(ctx: click.Context, /, name: str, reason: str | None, **connection: Any) -> None:
+        from urllib.parse import quote
+
+        merged = {**(ctx.obj or {}), **_given(connection)}
+        body = {"reason": reason} if reason else None
+        answer = _admin_call(merged, "POST", f"/endpoints/{quote(name, safe='')}/{action}", body)
+        row = answer["endpoint"]
+        why = f" ({row['reason']})" if row.get("reason") else ""
+        click.echo(f"{row['name']}: {answer['previous']} -> {row['state']}{why}")
+
+
+_mark_command("disable", "Take endpoint NAME out: no reads, no writes, not listed (like a down endpoint).")
+_mark_command("drain", "Place no new data on endpoint NAME; it is still read and listed.")
+_mark_command("enable", "Undo disable or drain: endpoint NAME is used again (health probes still apply).")

@@ -30,6 +30,7 @@ from geofed.auth.settings import AuthSettings, TLSSettings
 from geofed.errors import ConfigError
 from geofed.settingtypes import Duration
 from geofed.settingtypes import Frozen as _Frozen
+from geofed.transfer.settings import TransferSettings
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -98,6 +99,7 @@ class EndpointSettings(_Frozen):
     url_lifetime: Duration | None = None
     checksum_metadata: Literal["geofed", "trusted"] = "geofed"
     quota: int | None = Field(default=None, ge=0)
+    tpc: bool = False
 
     @field_validator("prefixes")
     @classmethod
@@ -179,6 +181,7 @@ class ServerSettings(_Frozen):
     max_propfind_body: int = Field(default=65536, ge=1024)
     max_unread_put_body: int = Field(default=1 << 20, ge=0)
     access_log: bool = True
+    access_log_format: Literal["text", "json"] = "text"
     tls: TLSSettings | None = None
 
     @field_validator("trusted_proxies")
@@ -212,27 +215,54 @@ class FederationSettings(_Frozen):
 
 class L2Settings(_Frozen):
     """The second-level cache shared by every front end: memcached (several servers, consistent
-    hashing) or Redis (one URL). Invalidations reach the other front ends through Redis pub/sub, or
-    through a shared sequence that memcached front ends poll every ``poll_interval``."""
+    hashing), Redis (one URL) or a Redis Cluster (seed nodes and/or a URL; keys spread by its hash
+    slots). Invalidations reach the other front ends through Redis pub/sub (on a cluster, published
+    on every master, each front end listening on one), or through a shared sequence that memcached
+    front ends poll every ``poll_interval``."""
 
-    kind: Literal["memcached", "redis"]
+    kind: Literal["memcached", "redis", "redis-cluster"]
     servers: tuple[str, ...] = ()
     url: str | None = None
     namespace: str = Field(default="geofed:", pattern=r"^[A-Za-z0-9_.:-]{0,40}$")
     timeout: Duration = 0.2
     poll_interval: Duration = 0.05
 
+    @staticmethod
+    def _check_servers(servers: tuple[str, ...]) -> None:
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"not host:port: {server!r}")
+
     @model_validator(mode="after")
     def _target_fits_kind(self) -> L2Settings:
         if self.kind == "memcached":
             if not self.servers:
                 raise ValueError("memcached needs 'servers' (host:port, one or more)")
-            for server in self.servers:
-                host, _, port = server.rpartition(":")
-                if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                    raise ValueError(f"not host:port: {server!r}")
-        elif self.url is None or urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("redis needs 'url' such as redis://127.0.0.1:6379/0")
+            self._check_servers(self.servers)
+        elif self.kind == "redis":
+            if self.url is None or urlsplit(self.url).scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("redis needs 'url' such as redis://127.0.0.1:6379/0")
+        else:
+            if not self.servers and self.url is None:
+                raise ValueError(
+                    "redis-cluster needs seed nodes: 'servers' (host:port, one or more) and/or 'url'"
+                )
+            self._check_servers(self.servers)
+            if self.url is not None:
+                parts = urlsplit(self.url)
+                try:
+                    port = parts.port
+                except ValueError as exc:
+                    raise ValueError(f"redis-cluster 'url' has a bad port: {exc}") from exc
+                if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+                    raise ValueError(
+                        "redis-cluster 'url' must be redis://[user:password@]host:port or rediss://..."
+                    )
+                if port is None:
+                    raise ValueError("redis-cluster 'url' needs the node's port")
+                if parts.path.strip("/") not in ("", "0"):
+                    raise ValueError("a Redis Cluster has only database 0: drop the /db from 'url'")
         return self
 
 
@@ -308,6 +338,7 @@ class Settings(_Frozen):
     client_networks: tuple[ClientNetwork, ...] = ()
     checksums: ChecksumSettings = ChecksumSettings()
     proxy: ProxySettings = ProxySettings()
+    transfer: TransferSettings = TransferSettings()
     auth: AuthSettings = AuthSettings()
     endpoints: tuple[EndpointSettings, ...]
 

@@ -3,7 +3,16 @@
 A probe that fails (or takes longer than its timeout) ``failures_to_down`` times in a row marks
 the endpoint down with the reason; a down endpoint is asked nothing and chosen for nothing. The
 next passing probe brings it back by itself. An endpoint that was never probed counts as usable, so
-a fresh process serves at once. An endpoint can also be disabled by hand, which overrides probes.
+a fresh process serves at once.
+
+An administrator can also take an endpoint out by hand (``geofed endpoints``, the admin API):
+
+* **disabled**: used for nothing (no reads, no writes, not listed, not a replica), like a down
+  endpoint, whatever the probes say; ``state`` is ``disabled``.
+* **draining**: still read and listed, but no new data is placed there (:attr:`HealthMonitor.unwritable`),
+  so that its data can be moved off; ``state`` stays up/down/unknown and ``draining`` is set.
+
+Enabling clears either; the probes' verdict applies again.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from geofed.config import HealthSettings
 from geofed.endpoints.base import Endpoint
@@ -24,6 +33,9 @@ if TYPE_CHECKING:
     from geofed.federation.shared import SharedLayer
 
 log = logging.getLogger("geofed.health")
+
+AdminMode = Literal["disabled", "draining"]
+ADMIN_MODES: tuple[AdminMode, ...] = ("disabled", "draining")
 
 
 @dataclass(slots=True)
@@ -38,6 +50,9 @@ class EndpointState:
     last_check: float | None = None
     consecutive_failures: int = 0
     disabled: bool = False
+    draining: bool = False
+    admin_note: str | None = None
+    """Why an administrator disabled or drained the endpoint (as given), for the reason shown."""
     history: list[str] = field(default_factory=list)
 
     @property
@@ -50,6 +65,7 @@ class EndpointState:
         return {
             "name": self.name,
             "state": self.state,
+            "draining": self.draining,
             "latency_ms": None if self.latency is None else round(self.latency * 1000, 2),
             "last_error": self.last_error,
             "last_change": self.last_change,
@@ -65,6 +81,7 @@ class HealthMonitor:
         self._settings = settings
         self.states = {name: EndpointState(name) for name in endpoints}
         self._unavailable: dict[str, str] = {}
+        self._unwritable: dict[str, str] = {}
         self.shared: SharedLayer | None = None
         """The second-level cache, when configured: probe results are shared through it."""
         self.generation = 0
@@ -75,6 +92,12 @@ class HealthMonitor:
     def unavailable(self) -> Mapping[str, str]:
         """Endpoint name → reason, for every endpoint that must not be used now."""
         return self._unavailable
+
+    @property
+    def unwritable(self) -> Mapping[str, str]:
+        """Endpoint name → reason, for every endpoint that must not receive new data now: the
+        unavailable ones and the draining ones."""
+        return self._unwritable
 
     def is_usable(self, name: str) -> bool:
         return name not in self._unavailable
@@ -109,8 +132,18 @@ class HealthMonitor:
         return self.states[name]
 
     def set_disabled(self, name: str, disabled: bool) -> None:
+        self.set_admin(name, "disabled" if disabled else None)
+
+    def set_admin(self, name: str, mode: AdminMode | None, note: str | None = None) -> None:
+        """An administrator's decision: ``disabled``, ``draining``, or None (back to the probes)."""
+        if mode is not None and mode not in ADMIN_MODES:
+            raise ValueError(f"unknown administrative state {mode!r}")
         state = self.states[name]
-        state.disabled = disabled
+        disabled, draining = mode == "disabled", mode == "draining"
+        note = note if mode is not None else None
+        if (state.disabled, state.draining, state.admin_note) == (disabled, draining, note):
+            return
+        state.disabled, state.draining, state.admin_note = disabled, draining, note
         state.last_change = time.time()
         self._refresh(name)
 
@@ -134,12 +167,19 @@ class HealthMonitor:
     def _refresh(self, name: str) -> None:
         state = self.states[name]
         before = self._unavailable.get(name)
+        note = f": {state.admin_note}" if state.admin_note else ""
         if state.disabled:
-            self._unavailable[name] = "endpoint disabled by an administrator"
+            self._unavailable[name] = f"endpoint disabled by an administrator{note}"
         elif state.up is False:
             self._unavailable[name] = f"endpoint down: {state.last_error}"
         else:
             self._unavailable.pop(name, None)
+        if name in self._unavailable:
+            self._unwritable[name] = self._unavailable[name]
+        elif state.draining:
+            self._unwritable[name] = f"endpoint being drained by an administrator{note}"
+        else:
+            self._unwritable.pop(name, None)
         if self._unavailable.get(name) != before:
             self.generation += 1
 

@@ -28,6 +28,7 @@ from geofed.geo import ClientLocator, ClientPlacement, GeoDatabase, normalise_ip
 from geofed.health import HealthMonitor
 from geofed.signing import URLSigner
 from geofed.space import SpaceMonitor
+from geofed.transfer.engine import TransferEngine
 
 log = logging.getLogger("geofed")
 
@@ -101,6 +102,7 @@ class Federation:
             timeout=settings.checksums.timeout,
         )
         self.space = SpaceMonitor(self.endpoints, settings.health.interval)
+        self.transfers = TransferEngine.from_settings(settings)
         # checksums clients declared on redirected uploads, compared once geofed computes the real ones
         self.claims: TTLCache[dict[str, str]] = TTLCache(max(1, settings.cache.max_entries // 10))
         self.local_endpoints: Mapping[str, LocalEndpoint] = {
@@ -123,17 +125,20 @@ class Federation:
         return location
 
     def rank(self, client: ClientPlacement, result: LocateResult, *, writable: bool = False) -> Ranking:
-        """Rank the file replicas of ``result`` for ``client``."""
+        """Rank the file replicas of ``result`` for ``client`` (to overwrite one: ``writable``, which
+        also leaves out draining endpoints)."""
         candidates = [
             Candidate(r.endpoint, r.path, self.locations[r.endpoint])
             for r in result.replicas
             if not r.stat.is_dir and (not writable or self.endpoints[r.endpoint].settings.writable)
         ]
-        return rank(client, candidates, self.health.unavailable, self.settings.federation.fuzz_km, self.rng)
+        unusable = self.health.unwritable if writable else self.health.unavailable
+        return rank(client, candidates, unusable, self.settings.federation.fuzz_km, self.rng)
 
     def rank_for_write(self, client: ClientPlacement, path: str, size: int | None = None) -> Ranking:
         """Rank the writable endpoints that serve ``path`` as upload destinations; those without
-        room for ``size`` bytes (when known) are rejected with that reason."""
+        room for ``size`` bytes (when known) are rejected with that reason, and so are the unusable
+        and draining ones."""
         candidates = []
         for name, endpoint in self.endpoints.items():
             if not endpoint.settings.writable or not endpoint.capabilities.redirect_put:
@@ -141,7 +146,7 @@ class Federation:
             local = self.namespace.translate(path, name)
             if local is not None:
                 candidates.append(Candidate(name, local, self.locations[name]))
-        unavailable = self.health.unavailable
+        unavailable = self.health.unwritable
         if size is not None:
             full = {
                 c.endpoint: f"not enough space for {size} bytes"
@@ -175,7 +180,14 @@ class Federation:
             if local is not None:
                 self.checksums.forget(name, local)
 
+    async def quiesce(self) -> None:
+        """Stop the background work (probes, space polling) but keep everything requests use: a
+        federation replaced by a reload serves its in-flight requests a while longer."""
+        await self.health.stop()
+        await self.space.stop()
+
     async def stop(self) -> None:
+        await self.transfers.aclose()
         await self.space.stop()
         await self.checksums.aclose()
         await self.health.stop()

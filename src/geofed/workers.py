@@ -64,6 +64,16 @@ worker also ignores a second SIGTERM while it stops). A worker whose supervisor 
 notices within a second (its parent PID changes) and stops gracefully rather than serving on
 unsupervised.
 
+**Reload.** SIGHUP to the supervisor: it re-reads the configuration file (when it is good, the
+workers it forks from then on get the new settings; when not, it logs why) and sends SIGHUP to every
+worker, which reloads by itself (:mod:`geofed.live`: checked first, in-flight requests finish on the
+old settings). A worker asked to reload by an admin call checks the file, then sends SIGHUP to the
+supervisor, so that every worker reloads. The administrator's endpoint marks (``geofed endpoints
+disable``) live in a file the supervisor creates and unlinks at once (the workers inherit it open);
+a worker that changes one sends SIGUSR1 to the supervisor, which sends it on to every worker to
+re-read the file. A worker's SIGHUP and SIGUSR1 stay blocked until its application has started, so
+one sent meanwhile waits instead of killing it.
+
 **Restarts.** A worker that exits while the supervisor is not stopping is replaced by a fresh fork,
 immediately the first time, then with a growing delay. More than :data:`MAX_RESTARTS` restarts
 within :data:`RESTART_WINDOW_S` means something is persistently wrong (a crash at start-up would
@@ -113,6 +123,8 @@ DRAIN_POLL_S = 0.05
 FINAL_SHUTDOWN_S = 1.0
 """aiohttp's own shutdown timeout after :func:`_drain` has already waited for the requests."""
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_RELAYED_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
+"""Relayed by the supervisor to every worker: reload the configuration; re-read the endpoint marks."""
 
 
 @dataclass
@@ -231,6 +243,10 @@ class WorkerSpec:
     """The other slots' sockets: a worker must not keep them listening (see worker_main)."""
     close_fds: tuple[int, ...] = ()
     """The supervisor's own descriptors (its signal wake-up pipe) that a worker must not keep."""
+    config_path: str | None = None
+    """The configuration file a reload re-reads (None: the demo, nothing to reload)."""
+    marks_fd: int | None = None
+    """The open file of the endpoint marks shared by the workers (see :mod:`geofed.admin`)."""
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -253,6 +269,8 @@ def worker_main(spec: WorkerSpec) -> None:
             os.close(fd)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in _RELAYED_SIGNALS:  # still blocked: unblocked once the application handles them
+        signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(_serve(spec))
@@ -270,20 +288,29 @@ async def _serve(spec: WorkerSpec) -> None:
     """Serve the inherited sockets until SIGTERM (or the supervisor's death), then stop gracefully."""
     from geofed.app import build_app  # after the fork: nothing of the app exists in the supervisor
     from geofed.auth.tlsctx import server_context
+    from geofed.live import SupervisorLink
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     pid = os.getpid()
     drain = _can_drain()
+    tls = server_context(spec.settings.server.tls) if spec.settings.server.tls is not None else None
+    app = build_app(
+        spec.settings,
+        config_path=spec.config_path,
+        tls_context=tls,
+        supervisor=SupervisorLink(spec.supervisor_pid, spec.marks_fd),
+        handle_signals=True,
+    )
     runner = web.AppRunner(
-        build_app(spec.settings),
+        app,
         access_log=None,
         shutdown_timeout=FINAL_SHUTDOWN_S if drain else spec.shutdown_timeout,
         keepalive_timeout=KEEPALIVE_TIMEOUT_S,
     )
     await runner.setup()  # the application's start-up: endpoint probes, health loop, access log
-    tls = server_context(spec.settings.server.tls) if spec.settings.server.tls is not None else None
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _RELAYED_SIGNALS)  # handled by the application now
     sites = [web.SockSite(runner, sock, backlog=BACKLOG, ssl_context=tls) for sock in spec.sockets]
     watchdog = asyncio.create_task(_watch_supervisor(spec.supervisor_pid, stop))
     try:
@@ -409,6 +436,7 @@ class Supervisor:
         *,
         shutdown_timeout: float = SHUTDOWN_TIMEOUT_S,
         budget: RestartBudget | None = None,
+        config_path: str | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
@@ -423,6 +451,9 @@ class Supervisor:
         self._workers: dict[int, ForkProcess] = {}  # slot -> its worker
         self._due: list[tuple[float, int]] = []  # (monotonic time, slot) of replacements to fork
         self._stop_signal: int | None = None
+        self.config_path = config_path
+        self._relay: list[int] = []  # SIGHUP / SIGUSR1 received, to handle and pass on
+        self._marks_fd: int | None = None
         self._wake_r = -1
         self._wake_w = -1
 
@@ -431,7 +462,11 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        from geofed.admin import create_shared_fd
+
+        self._marks_fd = create_shared_fd()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        previous.update({sig: signal.signal(sig, self._on_relayed) for sig in _RELAYED_SIGNALS})
         previous_fd = signal.set_wakeup_fd(self._wake_w)
         try:
             how = "a SO_REUSEPORT socket each" if self.listeners.reuse_port else "one shared socket"
@@ -448,11 +483,46 @@ class Supervisor:
             self.listeners.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
+            os.close(self._marks_fd)
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         # Only record it: the wake-up pipe interrupts the wait in _supervise.
         if self._stop_signal is None:
             self._stop_signal = signum
+
+    def _on_relayed(self, signum: int, _frame: object) -> None:
+        self._relay.append(signum)  # handled in _supervise, woken by the wake-up pipe
+
+    def _relay_signals(self) -> None:
+        """SIGHUP: re-read the configuration (for the workers forked from now on), then tell every
+        worker to reload; SIGUSR1: tell every worker to re-read the endpoint marks."""
+        pending, self._relay = self._relay, []
+        for signum in dict.fromkeys(pending):
+            if signum == signal.SIGHUP:
+                self._reload_settings()
+            for process in list(self._workers.values()):
+                if process.pid is not None and process.exitcode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signum)
+
+    def _reload_settings(self) -> None:
+        if self.config_path is None:
+            log.warning("supervisor %d: SIGHUP: started without --config, nothing to reload", os.getpid())
+            return
+        from geofed.errors import ConfigError
+        from geofed.live import load_checked
+
+        try:
+            self.settings, _tls = load_checked(self.config_path)
+        except ConfigError as exc:
+            log.error(
+                "supervisor %d: SIGHUP: %s is refused, workers keep their configuration: %s",
+                os.getpid(),
+                self.config_path,
+                exc,
+            )
+            return
+        log.info("supervisor %d: SIGHUP: reloading %d workers", os.getpid(), len(self._workers))
 
     def _fork(self, slot: int) -> None:
         own = self.listeners.for_slot(slot)
@@ -464,10 +534,12 @@ class Supervisor:
             self.shutdown_timeout,
             others=tuple(others),
             close_fds=(self._wake_r, self._wake_w),
+            config_path=self.config_path,
+            marks_fd=self._marks_fd,
         )
         process = self._context.Process(target=worker_main, args=(spec,), name="geofed-worker", daemon=True)
-        # Block the stop signals across the fork: see worker_main.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        # Block the stop and relayed signals across the fork: see worker_main.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, (*_STOP_SIGNALS, *_RELAYED_SIGNALS))
         try:
             process.start()
         finally:
@@ -488,6 +560,8 @@ class Supervisor:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_r, 512):
                         pass
+            if self._relay and self._stop_signal is None:
+                self._relay_signals()
             for slot, process in [(n, p) for n, p in self._workers.items() if p.sentinel in ready]:
                 process.join()
                 del self._workers[slot]

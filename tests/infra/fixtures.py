@@ -142,3 +142,19 @@ def redis_server(server_tmp_dir: Path) -> Iterator[RunningServer]:
 def grid_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """The test PKI (CA with CRL, host, users, VOMS servers, vomsdir, member list), made once."""
     return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+# Appended with its import (the fixtures above stay as they were).
+from tests.infra.kv import RedisClusterServers, start_redis_cluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(server_tmp_dir: Path) -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of three masters on loopback, in memory only (``cluster-node-timeout``
+    1 s); ``.seeds`` are their ``127.0.0.1:PORT``, ``.url`` a ``redis://`` URL of the first.
+    Shared: use a unique L2 namespace, and start a cluster of your own to stop nodes."""
+    cluster = start_redis_cluster(server_tmp_dir / "redis-cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

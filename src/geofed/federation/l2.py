@@ -10,7 +10,8 @@ Keys are namespaced and encoded by :func:`~geofed.federation.l2codec.encode_key`
 becomes a legal memcached key of at most 250 bytes; distinct keys stay distinct). Values above
 ``CHUNK_SIZE`` (memcached's items are at most 1 MB) are split into chunk keys plus a header with
 the count and a checksum; a missing or mismatched chunk is a miss. :class:`KeyValueCache` does
-all this once for both back ends (``l2_memcached``, ``l2_redis``), which only move bytes.
+all this once for the back ends (``l2_memcached``, ``l2_redis``, ``l2_redis_cluster``), which only
+move bytes.
 
 An invalidation ``["/"]`` delivered to the callbacks means "forget everything": it is sent when a
 front end may have missed invalidations (a lost connection, a gap in the memcached sequence).
@@ -75,7 +76,7 @@ class L2State:
 class SharedCache(abc.ABC):
     """L2: bytes values with a TTL, shared by every front end, plus an invalidation broadcast."""
 
-    name: str  # "memcached" or "redis"
+    name: str  # "memcached", "redis" or "redis-cluster"
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -126,8 +127,9 @@ class KeyValueCache(SharedCache):
     Subclasses implement the byte moving primitives (``_fetch``, ``_store``, ``_remove``), the
     connection (``_connect``, ``_probe``, ``_close``) and the invalidation transport. Their server
     calls go through :meth:`_bounded`, which applies the timeout and records failures per
-    *component* (a memcached server, or the Redis server): an L2 of several memcached servers is
-    available only while all of them are; keys on the servers that answer keep working meanwhile.
+    *component* (a memcached server, the Redis server, a Redis Cluster master): an L2 of several
+    servers is available only while all of them are; keys on the servers that answer keep working
+    meanwhile.
     """
 
     def __init__(
@@ -376,6 +378,12 @@ def create_shared_cache(settings: L2Settings) -> SharedCache:
             namespace=settings.namespace,
             timeout=settings.timeout,
             poll_interval=settings.poll_interval,
+        )
+    if settings.kind == "redis-cluster":
+        from geofed.federation.l2_redis_cluster import RedisClusterCache
+
+        return RedisClusterCache(
+            settings.servers, url=settings.url, namespace=settings.namespace, timeout=settings.timeout
         )
     from geofed.federation.l2_redis import RedisCache
 

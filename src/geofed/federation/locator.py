@@ -25,6 +25,7 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from geofed import metrics
 from geofed.config import CacheSettings, Location
 from geofed.endpoints.base import Endpoint, Entry, StatResult
 from geofed.errors import EndpointError, PathNotFound
@@ -291,16 +292,21 @@ class Locator:
             async with asyncio.timeout_at(_loop_deadline(fanout.deadline)):
                 stat = await endpoint.stat(target.path)
         except TimeoutError:
+            metrics.fanout_timeout(target.endpoint)
             fanout.record(target.endpoint, error=f"no answer within {self._timeout:g} s")
         except PathNotFound:
+            metrics.fanout_answer(target.endpoint, "absent")
             fanout.record(target.endpoint)
         except EndpointError as exc:
+            metrics.fanout_answer(target.endpoint, "error")
             fanout.record(target.endpoint, error=exc.reason)
         except Exception as exc:  # never let one endpoint's bug break the fan-out
             log.exception("stat on %s raised", target.endpoint)
+            metrics.fanout_answer(target.endpoint, "error")
             fanout.record(target.endpoint, error=f"internal error: {type(exc).__name__}")
         else:
             replica = None if stat is None else Replica(target.endpoint, target.path, stat)
+            metrics.fanout_answer(target.endpoint, "absent" if replica is None else "found")
             fanout.record(target.endpoint, replica=replica)
 
     def _enough(self, fanout: _Fanout, want: Want, client: ClientPlacement | None) -> bool:

@@ -22,7 +22,7 @@ from geofed.errors import (
     ServiceUnavailable,
 )
 
-ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, PROPFIND"
+ALLOWED = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, MOVE, PROPFIND, COPY"
 DIR_STAT = StatResult(is_dir=True)
 FLUSH_BYTES = 65536
 # Request keys and a marker for uploads that geofed streams itself: the expect handler decides,

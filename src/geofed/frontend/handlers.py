@@ -27,7 +27,7 @@ from geofed.errors import (
 from geofed.federation.listing import ListingMerger
 from geofed.federation.locator import LocateResult, Want
 from geofed.federation.paths import is_clean_request_path, request_path
-from geofed.frontend import browse, metalink, readproxy, reads, uploadproxy, writes
+from geofed.frontend import browse, copy, metalink, readproxy, reads, uploadproxy, writes
 from geofed.frontend.accesslog import AccessLog
 from geofed.frontend.clientaddr import ClientAddressResolver
 from geofed.frontend.common import (
@@ -78,6 +78,7 @@ class FederationFrontEnd:
             "MKCOL": partial(writes.mkcol, self),
             "PROPFIND": partial(browse.propfind, self),
             "MOVE": partial(writes.move, self),
+            "COPY": partial(copy.copy, self),
             "OPTIONS": self.options,
         }
         # bound once: the warm GET path calls these on every request

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from geofed import metrics
 from geofed.errors import EndpointError, RangeNotSatisfiable, ServiceUnavailable
 from geofed.federation.selection import Ranking
 from geofed.frontend.common import Note, http_date
@@ -90,16 +91,21 @@ async def stream(
             response.headers["ETag"] = stat.etag
         await response.prepare(request)
         note.decision, note.endpoint = "proxy-read", candidate.endpoint
+        sent = 0
         try:
             if first:
                 await response.write(first)
+                sent = len(first)
             async for chunk in chunks:
                 await response.write(chunk)
+                sent += len(chunk)
         except EndpointError as exc:
             log.warning("proxied read of %s from %s failed midway: %s", path, candidate.endpoint, exc)
             if request.transport is not None:
                 request.transport.close()
             return response
+        finally:
+            metrics.bytes_proxied("download", candidate.endpoint, sent)
         await response.write_eof()
         return response
     detail = "; ".join(failures) or "no replica is on an endpoint geofed can read from"

@@ -54,8 +54,13 @@ def status_document(federation: Federation) -> dict[str, object]:
     }
 
 
-def status_handler(federation: Federation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def status_handler(
+    federation: Federation | Callable[[], Federation],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The route; ``federation`` may be a callable giving the one in service (it changes on reload)."""
+    current = federation if callable(federation) else lambda: federation
+
     async def handle(request: web.Request) -> web.StreamResponse:
-        return web.json_response(status_document(federation))
+        return web.json_response(status_document(current()))
 
     return handle

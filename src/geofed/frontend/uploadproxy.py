@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from geofed import metrics
 from geofed.checksums import MultiHasher, compare
 from geofed.config import EndpointSettings, ProxySettings
 from geofed.endpoints.base import Endpoint
@@ -89,5 +90,8 @@ async def stream_upload(
         if buffer or received == 0:
             yield bytes(buffer)
 
-    await endpoint.upload(endpoint_path, chunks())
+    try:
+        await endpoint.upload(endpoint_path, chunks())
+    finally:
+        metrics.bytes_proxied("upload", endpoint.name, received)
     return received
