@@ -14,6 +14,7 @@ The misbehaving peers (:mod:`tests.infra.tpc`) are small HTTP servers in this pr
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -1069,3 +1070,36 @@ def test_large_copy_to_rgw_in_flat_memory(cloud: Cloud) -> None:
     (cloud.disk / "large.bin").unlink()
     cloud.s3().delete_object(Bucket=cloud.rgw.sites["cern"].bucket, Key=cloud.s3_key("large.bin"))
     cloud.collect_garbage()
+
+
+@pytest.mark.parametrize("how", ["webdav", "tpc"])
+def test_copy_inside_one_s3_endpoint_is_done_by_the_store(
+    cloud: Cloud, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both ends on the same RGW endpoint: CopyObject, no byte through geofed; the object's
+    sealed checksums travel with it and are still reported at the destination."""
+    caplog.set_level(logging.INFO, logger="geofed.transfer")
+    data = os.urandom(2 * MiB + 5)
+    source, target = f"same-{how}-a.bin", f"same-{how}-b.bin"
+    cloud.s3_put(source, data)
+    head = curl("-sI", "-H", "Want-Digest: adler32", cloud.url(f"/rgw/{source}")).stdout  # compute + seal
+    assert f"adler32={adler32(data)}" in head
+    headers = {"Destination": cloud.url(f"/rgw/{target}")}
+    if how == "tpc":
+        headers["Credential"] = "none"
+    answer = cloud.copy(f"/rgw/{source}", headers) if hasattr(cloud, "copy") else None
+    if answer is None:
+        extra = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+        done = curl(
+            "-sS", "-X", "COPY", *extra, "-o", "-", "-w", "\n%{http_code}", cloud.url(f"/rgw/{source}")
+        )
+        body, status = done.stdout.rsplit("\n", 1)
+        assert status == ("202" if how == "tpc" else "201"), done.stdout
+        if how == "tpc":
+            assert body.rstrip().endswith("success: Created"), body
+    assert cloud.s3_get(target) == data
+    assert any("server-side copy" in r.getMessage() for r in caplog.records), [
+        r.getMessage() for r in caplog.records
+    ]
+    head = curl("-sI", "-H", "Want-Digest: adler32", cloud.url(f"/rgw/{target}")).stdout
+    assert f"adler32={adler32(data)}" in head

@@ -77,6 +77,9 @@ class Capabilities:
     """The endpoint keeps checksums geofed computed with the object (metadata, xattr, property)."""
     move: bool = False
     """The endpoint implements ``move`` (rename within the endpoint)."""
+    server_copy: bool = False
+    """The endpoint implements ``copy``: the store copies a file itself (S3 CopyObject), so a
+    third-party copy between two of its paths moves no byte through geofed."""
 
 
 CHECKSUM_METADATA_PREFIX = "geofed-"
@@ -234,6 +237,11 @@ class Endpoint(abc.ABC):
     async def space(self) -> Space | None:
         """Used and available bytes as the endpoint reports them, or None."""
         return None
+
+    async def copy(self, source: str, destination: str) -> StatResult:
+        """Copy the file ``source`` to ``destination`` inside the store (replacing what is there),
+        metadata included; the destination's stat. Only with ``capabilities.server_copy``."""
+        raise NotImplementedError(f"{self.name} cannot copy on the server side")
 
     def sign_multipart_create(self, path: str, lifetime: float) -> str:
         """A URL the client POSTs (empty body) to start a multipart upload of ``path``."""

@@ -250,7 +250,12 @@ class S3Endpoint(Endpoint):
     """One bucket; keys below the configured prefixes are files, ``/``-separated names directories."""
 
     capabilities = Capabilities(
-        multipart_upload=True, upload_stream=True, read_stream=True, store_checksums=True, move=True
+        multipart_upload=True,
+        upload_stream=True,
+        read_stream=True,
+        store_checksums=True,
+        move=True,
+        server_copy=True,
     )
 
     def __init__(self, settings: EndpointSettings, keys: S3Keys | None = None) -> None:
@@ -1094,6 +1099,26 @@ class S3Endpoint(Endpoint):
             if not page.truncated:
                 return
             token = page.next_token
+
+    async def copy(self, source: str, destination: str) -> StatResult:
+        """Server-side copy of one object (CopyObject, UploadPartCopy above 5 GiB), metadata kept:
+        the bytes never leave the store. PathNotFound when ``source`` is not a file."""
+        what = f"COPY {source}"
+        if source == destination:
+            raise EndpointRefused(self.name, f"{what}: the source and the destination are the same", 403)
+        source_key, destination_key = self._key(source), self._key(destination)
+        head = await self._head(source, source_key)
+        if head is None:
+            raise PathNotFound(self.name, f"{what}: no such file")
+        size = parse_length(head.get("Content-Length")) or 0
+        storage = self._kept_headers(head, _STORAGE_HEADERS)
+        await self._copy(what, source_key, destination_key, size, storage, head)
+        copied = await self.stat(destination)
+        if copied is None or copied.size != size:
+            raise EndpointUnavailable(
+                self.name, f"{what}: the copy at {destination} is not there as expected"
+            )
+        return copied
 
     # -- space ----------------------------------------------------------------------------------
 

@@ -480,8 +480,9 @@ class TransferEngine:
             result = transfer.result
             assert result is not None
             log.info(
-                "copy %s: %d bytes in %.1f s (%.1f MB/s)",
+                "copy %s from %s: %d bytes in %.1f s (%.1f MB/s)",
                 _describe(transfer),
+                result.source,
                 result.size,
                 result.seconds,
                 result.size / max(result.seconds, 1e-6) / 1e6,
@@ -490,6 +491,9 @@ class TransferEngine:
     async def _copy(self, transfer: Transfer, started: float) -> TransferResult:
         source, destination = transfer.source, transfer.destination
         settings = self.settings
+        shortcut = _same_store(source, destination)
+        if shortcut is not None:
+            return await self._server_copy(shortcut, destination, started)
         remote = isinstance(source, RemoteSource) or isinstance(destination, RemoteDestination)
         session = (
             RemoteSession(
@@ -514,6 +518,39 @@ class TransferEngine:
                 raise TransferFailed(watchdog.reason()) from None
             finally:
                 await job.clean_up()
+
+    async def _server_copy(
+        self, replica: Replica, destination: Destination, started: float
+    ) -> TransferResult:
+        """The store copies the object itself (S3 CopyObject): no byte through geofed. The copy
+        keeps the object's metadata, so sealed checksums stay valid (same size, same values)."""
+        assert isinstance(destination, EndpointDestination)
+        endpoint = destination.endpoint
+        try:
+            copied = await endpoint.copy(replica.path, destination.path)
+        except EndpointError as exc:
+            raise TransferFailed(f"server-side copy on {endpoint.name} failed: {exc}") from exc
+        size = copied.size or 0
+        self.counters["bytes"] += size
+        checksums: dict[str, str] = {}
+        with contextlib.suppress(EndpointError):
+            checksums = await endpoint.stored_checksums(destination.path, copied)
+        return TransferResult(
+            size, checksums, time.monotonic() - started, f"{endpoint.name}:{replica.path} (server-side copy)"
+        )
+
+
+def _same_store(source: Source, destination: Destination) -> Replica | None:
+    """The source replica on the destination's own endpoint, when that endpoint copies by itself."""
+    if not isinstance(source, ReplicaSource) or not isinstance(destination, EndpointDestination):
+        return None
+    endpoint = destination.endpoint
+    if not endpoint.capabilities.server_copy:
+        return None
+    for replica in source.replicas:
+        if replica.endpoint is endpoint and replica.path != destination.path:
+            return replica
+    return None
 
 
 class _Job:
