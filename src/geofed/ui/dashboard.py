@@ -6,13 +6,13 @@ endpoint. Everything comes from what the federation already holds in memory (the
 the space monitor, the settings): rendering the page asks no endpoint anything.
 
 It shows what ``GET /_geofed/status`` already publishes without authentication, and nothing more.
-Requests served per endpoint are not shown: geofed keeps no per-endpoint request counter (the page
-says so rather than showing a column of guesses).
+Requests served per endpoint are the redirects the metrics counted since the process started.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -70,7 +70,12 @@ def _space_cell(space: Space | None, quota: int | None) -> str:
     return f'<td class="n">{"<br>".join(lines) or dash()}</td>'
 
 
-def render(fe: FederationFrontEnd, placement: ClientPlacement) -> str:
+def render(
+    fe: FederationFrontEnd, placement: ClientPlacement, served: Mapping[str, int] | None = None
+) -> str:
+    """The dashboard; ``served`` is the number of redirects (reads and writes sent) per endpoint,
+    from the metrics counters, since this process started."""
+    served = served or {}
     fed = fe.fed
     now = time.time()
     rows = []
@@ -107,6 +112,7 @@ def render(fe: FederationFrontEnd, placement: ClientPlacement) -> str:
             f'<td class="n">{latency}<div class=note>{ago(state.last_check, now)}</div></td>'
             f'<td class="err">{error}</td>'
             f"{_space_cell(fed.space.space.get(name), settings.quota)}"
+            f'<td class="n served">{served.get(name, 0):,}</td>'
             f"<td>{esc(access) or dash()}</td><td class=nowrap>{prefixes}</td>"
             f"<td class=nowrap>{_location(location)}</td></tr>"
         )
@@ -133,11 +139,11 @@ def render(fe: FederationFrontEnd, placement: ClientPlacement) -> str:
         f"<p class=note>Dots by state: {legend}"
         f"{' &middot; the blue ring is you' if viewer is not None else ''}.</p>{not_on_map}"
         "<h2>State</h2><div class=scroll><table><thead><tr><th>Endpoint</th><th>Kind</th><th>State</th>"
-        "<th>Probe latency</th><th>Last error</th><th>Space</th>"
+        "<th>Probe latency</th><th>Last error</th><th>Space</th><th>Requests served</th>"
         "<th>Access</th><th>Prefixes</th><th>Location</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></div>"
-        "<p class=note>Requests served per endpoint are not shown: this geofed does not count them. "
-        "Space is what the endpoint last reported, capped by its quota.</p>"
+        "<p class=note>Requests served: redirects to the endpoint (GET and PUT) since this process "
+        "started. Space is what the endpoint last reported, capped by its quota.</p>"
         f"<h2>Caches</h2><p>Locations: {len(cache):,} entries, {cache.hits:,} hits, {cache.misses:,} misses. "
         f"Checksums computed: {fed.checksums.computations:,} ({size(fed.checksums.bytes_hashed)} read).</p>"
         f'<p><a href="{BROWSE_ROOT}/">Browse the namespace</a> · '
@@ -147,4 +153,16 @@ def render(fe: FederationFrontEnd, placement: ClientPlacement) -> str:
 
 async def handle(fe: FederationFrontEnd, request: web.Request) -> web.StreamResponse:
     placement = fe.fed.clients.place(fe.client_address(request))
-    return respond("Endpoints", render(fe, placement), current="endpoints")
+    return respond("Endpoints", render(fe, placement, served_by_endpoint(request)), current="endpoints")
+
+
+def served_by_endpoint(request: web.Request) -> dict[str, int]:
+    """Redirects per endpoint, summed over method and country, from the app's metrics."""
+    from geofed.app import METRICS_KEY  # the app module imports this one
+
+    metrics = request.app.get(METRICS_KEY)
+    served: dict[str, int] = {}
+    if metrics is not None:
+        for (_method, endpoint, _country), count in metrics.redirects.items():
+            served[endpoint] = served.get(endpoint, 0) + count
+    return served
