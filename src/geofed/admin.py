@@ -7,6 +7,11 @@
   (the health probes still apply).
 * ``POST /_geofed/admin/reload``: reload the configuration file (:mod:`geofed.live`); 200 with what
   changed, or 400 with the reason the new file was refused (the running configuration stays).
+* ``POST /_geofed/admin/replicate`` (JSON body ``{"paths": [...], "to": "<endpoint>", "recursive":
+  false, "parallel": 4}``): start a bulk replication job (:mod:`geofed.replication`); 202 with its
+  ``id`` (200 with the id of the same job when it is still running). ``GET
+  /_geofed/admin/replicate/<id>`` (``?items=0``: counts only): its progress and report; ``POST
+  /_geofed/admin/replicate/<id>/cancel``: stop it.
 
 **Who is an administrator**: an identity to which the policy's *rules* grant every privilege (read,
 list, write, modify, delete, copy -- ``allow: [all]``) on ``/``. Token scopes do not count (they
@@ -33,6 +38,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -41,6 +47,7 @@ from geofed.auth.identity import Identity, Privilege
 from geofed.auth.policy import Policy
 from geofed.errors import BadRequest, Forbidden, HTTPError, NotFound, Unauthorized
 from geofed.health import ADMIN_MODES, AdminMode, EndpointState
+from geofed.replication import JobRequest, ReplicationJob, Replicator
 from geofed.runtime import Federation
 
 if TYPE_CHECKING:
@@ -283,6 +290,25 @@ def register(app: web.Application, live: Live) -> None:
     app.router.add_route("*", f"{ADMIN_ROOT}/endpoints/{{name}}/{{action}}", route("POST", _mark))
     app.router.add_route("*", f"{ADMIN_ROOT}/reload", route("POST", _reload))
 
+    replicator = Replicator(lambda: live.current)
+    app[REPLICATOR_KEY] = replicator
+
+    async def stop_jobs(app: web.Application) -> None:  # before the federations close
+        await replicator.aclose()
+
+    app.on_shutdown.append(stop_jobs)
+    jobs = f"{ADMIN_ROOT}/replicate"
+    app.router.add_route("*", jobs, route("POST", partial(_replicate, replicator)))
+    app.router.add_route("*", f"{jobs}/{{id}}", route("GET", partial(_replication, replicator)))
+    app.router.add_route(
+        "*", f"{jobs}/{{id}}/cancel", route("POST", partial(_cancel_replication, replicator))
+    )
+
+
+REPLICATOR_KEY = web.AppKey("replicator", Replicator)
+"""The bulk replication jobs of this process."""
+_MAX_JOB_BODY = 16 * 1024 * 1024
+
 
 def _document(generation: Generation, live: Live) -> dict[str, Any]:
     return {
@@ -353,3 +379,47 @@ async def _reload(
     log.info("reload asked by %s", who(identity))
     outcome = await live.reload_everywhere(f"admin call by {who(identity)}")
     return web.json_response(outcome.as_json(), status=200 if outcome.ok else 400)
+
+
+# -- bulk replication -------------------------------------------------------------------------------
+
+
+async def _replicate(
+    replicator: Replicator, live: Live, generation: Generation, request: web.Request, identity: Identity
+) -> web.Response:
+    if request.content_length is not None and request.content_length > _MAX_JOB_BODY:
+        raise BadRequest(f"the body is limited to {_MAX_JOB_BODY} bytes")
+    body = await request.content.read(_MAX_JOB_BODY + 1)
+    if len(body) > _MAX_JOB_BODY:
+        raise BadRequest(f"the body is limited to {_MAX_JOB_BODY} bytes")
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise BadRequest('the body must be JSON: {"paths": [...], "to": "<endpoint>"}') from None
+    job, new = replicator.start(JobRequest.from_json(document), who(identity))
+    answer = {"id": job.id, "new": new, "status": f"{ADMIN_ROOT}/replicate/{job.id}"}
+    return web.json_response(answer, status=202 if new else 200)
+
+
+def _job(replicator: Replicator, request: web.Request) -> ReplicationJob:
+    job = replicator.jobs.get(request.match_info["id"])
+    if job is None:
+        raise NotFound(f"no replication job {request.match_info['id']!r} in this process")
+    return job
+
+
+async def _replication(
+    replicator: Replicator, live: Live, generation: Generation, request: web.Request, identity: Identity
+) -> web.Response:
+    items = request.query.get("items", "1").lower() not in ("0", "false", "no")
+    return web.json_response(_job(replicator, request).status(items=items))
+
+
+async def _cancel_replication(
+    replicator: Replicator, live: Live, generation: Generation, request: web.Request, identity: Identity
+) -> web.Response:
+    job = _job(replicator, request)
+    if job.running:
+        log.info("replication %s cancelled by %s", job.id, who(identity))
+        await replicator.cancel(job)
+    return web.json_response(job.status(items=False))

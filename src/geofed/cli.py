@@ -1,4 +1,4 @@
-"""The ``geofed`` command: serve, check-config, locate, import-dynafed, endpoints."""
+"""The ``geofed`` command: serve, check-config, locate, import-dynafed, endpoints, replicate."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from geofed.errors import ConfigError, HTTPError
 from geofed.federation.locator import Want
 from geofed.federation.paths import normalise
 from geofed.geo import ClientPlacement
+from geofed.replication import DEFAULT_PARALLEL, MAX_PARALLEL
 from geofed.runtime import Federation
 
 
@@ -394,3 +395,61 @@ def _mark_command(action: str, summary: str) -> None:
 _mark_command("disable", "Take endpoint NAME out: no reads, no writes, not listed (like a down endpoint).")
 _mark_command("drain", "Place no new data on endpoint NAME; it is still read and listed.")
 _mark_command("enable", "Undo disable or drain: endpoint NAME is used again (health probes still apply).")
+
+
+# -- geofed replicate: bulk replication in a running geofed ---------------------------------------
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--to", "to", required=True, help="The endpoint that is to hold a replica of each file.")
+@click.option(
+    "--from-file",
+    "from_file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read more paths from FILE, one a line ('-': standard input; blank lines and # comments skipped).",
+)
+@click.option(
+    "-r",
+    "--recursive",
+    is_flag=True,
+    help="Replicate the files at every level below a collection (else only those directly in it).",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, MAX_PARALLEL),
+    default=DEFAULT_PARALLEL,
+    show_default=True,
+    help="Files handled at once (geofed's transfer.max_concurrent still limits the copies).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
+@click.option("--no-progress", is_flag=True, help="Do not draw the progress bar.")
+@_connection_options
+def replicate(
+    paths: tuple[str, ...],
+    to: str,
+    from_file: Any,
+    recursive: bool,
+    parallel: int,
+    as_json: bool,
+    no_progress: bool,
+    **connection: Any,
+) -> None:
+    """Make a replica of each federated file in PATH... (files, or collections) on endpoint --to,
+    through a running geofed: files already there with the same adler32 are skipped, different ones
+    re-copied. Shows a progress bar, then the report of what was done, skipped and failed (exit 1
+    when anything failed). Needs an identity the policy grants every privilege on /."""
+    from geofed.replication_client import ReplicationFailed, render_json, render_report, run_job, succeeded
+    from geofed.replication_client import read_paths as read
+
+    wanted = read(paths, from_file)
+    if not wanted:
+        raise click.UsageError("give at least one PATH (or --from-file)")
+    body = {"paths": wanted, "to": to, "recursive": recursive, "parallel": parallel}
+    try:
+        status = run_job(_admin_client(_given(connection)), body, progress=not no_progress)
+    except ReplicationFailed as exc:
+        click.echo(f"geofed: {exc}", err=True)
+        sys.exit(1)
+    click.echo(render_json(status) if as_json else render_report(status), nl=False)
+    sys.exit(0 if succeeded(status) else 1)

@@ -542,3 +542,15 @@ def test_proppatch_and_propfind_bodies_and_extra_properties() -> None:
     assert item.prop(CHECKSUMS_PROPERTY) == "" and item.prop(STAMP_PROPERTY) is None
     (plain,) = parse_multistatus(answer)
     assert plain.props == ()
+
+
+async def test_concurrent_makedirs_of_one_new_folder_all_succeed(
+    endpoint: WebDAVEndpoint, disk: Path
+) -> None:
+    """Two uploads into a new folder create it at the same moment: Apache answers 403 to the
+    loser of the race, which must count as "already there" (else one upload fails)."""
+    for attempt in range(5):
+        target = f"/race{attempt}/a/b"
+        results = await asyncio.gather(*(endpoint.makedirs(target) for _ in range(8)), return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        assert (disk / f"race{attempt}" / "a" / "b").is_dir()

@@ -481,7 +481,9 @@ class WebDAVEndpoint(Endpoint):
         """MKCOL with a trailing slash: 201 created, 405 exists, 409 (or 404) parent missing.
 
         A 404 is reported as the 409 of RFC 4918: for MKCOL it can only mean the parent is
-        missing, and ``makedirs`` relies on 409 to create parents.
+        missing, and ``makedirs`` relies on 409 to create parents. Apache answers 403 to the loser
+        of two MKCOLs of one collection at the same moment (two uploads into a new folder): when
+        the collection exists afterwards, that is "already exists", not a refusal.
         """
         async with self._request("MKCOL", path, collection=True) as resp:
             await self._discard(resp)
@@ -492,7 +494,12 @@ class WebDAVEndpoint(Endpoint):
             if resp.status in (404, 409):
                 message = f"MKCOL {path}: HTTP {resp.status}: the parent collection is missing"
                 raise EndpointRefused(self.name, message, 409)
-            raise self._status_error("MKCOL", path, resp)
+            error = self._status_error("MKCOL", path, resp)
+        if resp.status == 403:
+            existing = await self.stat(path)
+            if existing is not None and existing.is_dir:
+                return False
+        raise error
 
     # -- streamed reads and uploads ---------------------------------------------------------------
 
