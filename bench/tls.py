@@ -26,11 +26,11 @@ Measurements:
 
 1. **Keep-alive GET -> 302 over TLS.** wrk (one thread, 32 connections) cannot send a client
    certificate, so it runs with a tiny ``LD_PRELOAD`` library compiled here with ``cc``
-   (:data:`SHIM_SOURCE`): it wraps ``SSL_CTX_new`` and loads ``$BENCH_TLS_CLIENT_CERT`` (cert, key
-   and chain) into every context wrk makes. The same wrk with the same library drives every
-   target; for the anonymous one the variable is empty. geofed's access log must show the proxy's
-   DN on the x509 server's requests. Server and wrk CPU use are recorded per run, to show that the
-   server, not wrk, is the limit.
+   (:data:`bench.tls_clients.SHIM_SOURCE`): it wraps ``SSL_CTX_new`` and loads
+   ``$BENCH_TLS_CLIENT_CERT`` (cert, key and chain) into every context wrk makes. The same wrk
+   with the same library drives every target; for the anonymous one the variable is empty.
+   geofed's access log must show the proxy's DN on the x509 server's requests. Server and wrk CPU
+   use are recorded per run, to show that the server, not wrk, is the limit.
 2. **TLS handshakes per second.** ``openssl s_time -new`` (full handshakes) and ``-reuse``
    (resumed sessions), with the proxy as client certificate and ``-www /fed/public/x`` (one
    HTTP/1.0 GET per connection). s_time is one sequential client, which leaves both sides idle
@@ -41,6 +41,9 @@ Measurements:
 
 Servers are pinned to one CPU, clients to the other (``taskset``), each measurement in rounds whose
 order rotates. Run: ``.venv/bin/python bench/run.py --only tls`` (or ``bench/tls.py``).
+
+The clients (the wrk ``LD_PRELOAD`` shim, s_time) and the CPU metering are :mod:`bench.tls_clients`;
+this module holds the servers, their set-up and checks, the rounds and the report.
 """
 
 from __future__ import annotations
@@ -48,11 +51,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import resource
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,17 +64,9 @@ if __name__ == "__main__":  # run as a script: make bench.* and tests.infra.* im
 
 import yaml
 
-from bench.procs import (
-    VENV_BIN,
-    WRK_TIMEOUT_MARGIN_S,
-    Pinning,
-    WrkResult,
-    launch,
-    parse_wrk,
-    require,
-    wrk_command,
-)
+from bench.procs import VENV_BIN, Pinning, launch, require, wrk_command
 from bench.report import commands_and_problems, median, table, verdict
+from bench.tls_clients import HandshakeRun, KeepAliveRun, Usage, build_shim, process_tree, run_stime, run_wrk
 from tests.infra.servers import LOOPBACK, RunningServer
 
 CONNECTIONS = 32
@@ -97,41 +90,8 @@ TARGETS: dict[str, tuple[str, str, bool]] = {
 X509, X509_VO, ANON, BARE_KA = tuple(TARGETS)
 HANDSHAKE_SERVERS = ("geofed-x509", "bare-tls", "nginx-tls")
 HANDSHAKE_MODES = ("new", "reuse")
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NOISY_CPUS = 0.1
 """More user CPU than this (in CPUs) used by other processes during a run marks it as noisy."""
-
-SHIM_SOURCE = r"""/* bench/tls.py: LD_PRELOAD into wrk so that every SSL_CTX it makes presents the client
- * certificate chain and key in the PEM file named by $BENCH_TLS_CLIENT_CERT (a grid proxy file:
- * proxy, key, then the certificates that signed it). Empty or unset: nothing changes. */
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <stdio.h>
-#include <stdlib.h>
-
-typedef void SSL_CTX;
-typedef void SSL_METHOD;
-
-SSL_CTX *SSL_CTX_new(const SSL_METHOD *method) {
-    SSL_CTX *(*real)(const SSL_METHOD *) = (SSL_CTX *(*)(const SSL_METHOD *))dlsym(RTLD_NEXT, "SSL_CTX_new");
-    SSL_CTX *ctx = real(method);
-    const char *path = getenv("BENCH_TLS_CLIENT_CERT");
-    if (ctx == NULL || path == NULL || *path == '\0')
-        return ctx;
-    int (*chain)(SSL_CTX *, const char *) =
-        (int (*)(SSL_CTX *, const char *))dlsym(RTLD_DEFAULT, "SSL_CTX_use_certificate_chain_file");
-    int (*key)(SSL_CTX *, const char *, int) =
-        (int (*)(SSL_CTX *, const char *, int))dlsym(RTLD_DEFAULT, "SSL_CTX_use_PrivateKey_file");
-    int (*check)(SSL_CTX *) = (int (*)(SSL_CTX *))dlsym(RTLD_DEFAULT, "SSL_CTX_check_private_key");
-    /* 1 = SSL_FILETYPE_PEM */
-    if (chain == NULL || key == NULL || check == NULL || chain(ctx, path) != 1 || key(ctx, path, 1) != 1
-        || check(ctx) != 1) {
-        fprintf(stderr, "wrk client-certificate shim: cannot use %s\n", path);
-        exit(97);
-    }
-    return ctx;
-}
-"""
 
 
 @dataclass(frozen=True)
@@ -141,35 +101,6 @@ class TlsOptions:
     rounds: int
     warmup_s: int
     stime_clients: int = STIME_CLIENTS
-
-
-@dataclass
-class Usage:
-    """What one run cost, in CPUs (CPU seconds per second of the run)."""
-
-    seconds: float
-    server: float
-    client: float
-    others: float
-    """User CPU of every other process on the machine: above ~0.1 the run is noisy."""
-
-
-@dataclass
-class KeepAliveRun:
-    wrk: WrkResult
-    usage: Usage
-
-
-@dataclass
-class HandshakeRun:
-    connections: int
-    resumed: int
-    bytes_per_connection: list[int]
-    usage: Usage
-
-    @property
-    def per_s(self) -> float:
-        return self.connections / self.usage.seconds
 
 
 @dataclass
@@ -391,30 +322,6 @@ def _prepare(work: Path) -> _Files:
     )
 
 
-def _build_shim(work: Path) -> Path:
-    compiler = _compiler()
-    source = work / "wrk-client-cert.c"
-    source.write_text(SHIM_SOURCE, encoding="utf-8")
-    library = work / "wrk-client-cert.so"
-    proc = subprocess.run(
-        [compiler, "-shared", "-fPIC", "-O2", "-o", str(library), str(source), "-ldl"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"cannot build the wrk client-certificate shim:\n{proc.stderr}")
-    return library
-
-
-def _compiler() -> str:
-    for name in ("cc", "gcc", "clang"):
-        with contextlib.suppress(RuntimeError):
-            return require(name)
-    raise RuntimeError("the TLS benchmark needs a C compiler (cc/gcc) for wrk's client-certificate shim")
-
-
 def _nginx_config(work: Path, port: int, files: _Files, location: str) -> Path:
     temp = work / "nginx-temp"
     temp.mkdir(exist_ok=True)
@@ -484,98 +391,6 @@ def _curl(url: str, files: _Files, *, cert: bool) -> _Answer:
     return _Answer(int(lines[0].split()[1]), location, proc.stdout)
 
 
-def _cpu_seconds(pids: Sequence[int], user_only: bool = False) -> float:
-    """CPU time of these processes so far (user + system, or user only)."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + (0 if user_only else int(fields[12]))
-    return total / _CLOCK_TICKS
-
-
-def _children_cpu(user_only: bool = False) -> float:
-    """CPU time of our finished children (the clients: wrk, s_time)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + (0.0 if user_only else usage.ru_stime)
-
-
-def _machine_user_cpu() -> float:
-    """User CPU seconds of the whole machine so far (/proc/stat: user + nice)."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        user, nice = stat.readline().split()[1:3]
-    return (int(user) + int(nice)) / _CLOCK_TICKS
-
-
-class _Meter:
-    """CPU use of the server, the clients and everything else between start and :meth:`stop`.
-
-    "Everything else" is user time only: the kernel's loopback work is system time that /proc/stat
-    does not charge to our processes."""
-
-    def __init__(self, pids: Sequence[int]) -> None:
-        self._pids = pids
-        self._server = _cpu_seconds(pids)
-        self._client = _children_cpu()
-        self._ours_user = _cpu_seconds(pids, user_only=True) + _children_cpu(user_only=True)
-        self._machine_user = _machine_user_cpu()
-        self._started = time.monotonic()
-
-    def stop(self) -> Usage:
-        seconds = time.monotonic() - self._started
-        ours_user = _cpu_seconds(self._pids, user_only=True) + _children_cpu(user_only=True)
-        others = (_machine_user_cpu() - self._machine_user) - (ours_user - self._ours_user)
-        return Usage(
-            seconds,
-            (_cpu_seconds(self._pids) - self._server) / seconds,
-            (_children_cpu() - self._client) / seconds,
-            max(0.0, others) / seconds,
-        )
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its children (nginx: the master and its worker)."""
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return pids
-
-
-def _run_wrk(argv: list[str], env: dict[str, str], duration_s: int, pids: list[int]) -> KeepAliveRun:
-    meter = _Meter(pids)
-    proc = subprocess.run(
-        argv, capture_output=True, text=True, env=env, timeout=duration_s + WRK_TIMEOUT_MARGIN_S, check=False
-    )
-    usage = meter.stop()
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-    return KeepAliveRun(parse_wrk(proc.stdout), usage)
-
-
-_STIME_COUNT = re.compile(r"^(\d+) connections in \d+ real seconds, (\d+) bytes read per connection", re.M)
-_STIME_PROGRESS = re.compile(r"^[r*]+$", re.M)
-
-
-def _run_stime(argvs: list[list[str]], duration_s: int, pids: list[int]) -> HandshakeRun:
-    """Run the s_time clients at once; their connections over the wall time of the slowest."""
-    meter = _Meter(pids)
-    processes = [
-        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for argv in argvs
-    ]
-    outputs = [p.communicate(timeout=duration_s + WRK_TIMEOUT_MARGIN_S)[0] for p in processes]
-    usage = meter.stop()
-    connections = resumed = 0
-    per_connection = []
-    for process, out in zip(processes, outputs, strict=True):
-        found = _STIME_COUNT.search(out)
-        if process.returncode != 0 or found is None:
-            raise RuntimeError(f"openssl s_time failed ({process.returncode}):\n{out[-2000:]}")
-        connections += int(found.group(1))
-        per_connection.append(int(found.group(2)))
-        resumed += sum(line.count("r") for line in _STIME_PROGRESS.findall(out))
-    return HandshakeRun(connections, resumed, per_connection, usage)
-
-
 def _negotiated(port: int, files: _Files) -> str:
     """Protocol, cipher suite and key exchange of one handshake with the proxy (openssl s_client)."""
     argv = [require("openssl"), "s_client", "-brief", "-connect", f"{LOOPBACK}:{port}"]
@@ -637,7 +452,7 @@ def _start(work: Path, pin: Pinning, files: _Files, commands: dict[str, str]) ->
 
         servers["nginx-tls"] = launch("nginx-tls", nginx_argv, work / "nginx-tls.out")
         stack.callback(servers["nginx-tls"].stop)
-        pids = {name: _process_tree(server.pid) for name, server in servers.items()}
+        pids = {name: process_tree(server.pid) for name, server in servers.items()}
         yield _Servers(servers, pids, location)
 
 
@@ -687,7 +502,7 @@ def _check(running: _Servers, files: _Files) -> list[str]:
 def run_tls(work: Path, options: TlsOptions, log: Callable[[str], None]) -> TlsResults:
     pin = Pinning.detect()
     files = _prepare(work)
-    shim = _build_shim(work)
+    shim = build_shim(work)
     commands: dict[str, str] = {}
     with _start(work, pin, files, commands) as running:
         results = TlsResults(options, pin.describe(), running.location, files.policy_rules, commands)
@@ -729,7 +544,7 @@ def _keepalive(
         env = dict(base_env, BENCH_TLS_CLIENT_CERT=str(files.proxy) if cert else "")
         url = _url(running.servers[server], path)
         argv = pin.client(wrk_command(url, connections=CONNECTIONS, duration_s=duration_s, close=False))
-        result = _run_wrk(argv, env, duration_s, running.pids[server])
+        result = run_wrk(argv, env, duration_s, running.pids[server])
         if server == "geofed-x509":
             results.client_counted[path] = results.client_counted.get(path, 0) + result.wrk.requests
         return result
@@ -780,7 +595,7 @@ def _handshakes(results: TlsResults, running: _Servers, files: _Files, log: Call
             for server in names[shift:] + names[:shift]:
                 port = running.servers[server].port
                 argv = pin.client(_stime_argv(port, mode, opts.duration_s, files))
-                result = _run_stime([argv] * opts.stime_clients, opts.duration_s, running.pids[server])
+                result = run_stime([argv] * opts.stime_clients, opts.duration_s, running.pids[server])
                 results.handshakes[mode][server].append(result)
                 log(
                     f"  tls handshakes {mode:<5} round {round_no + 1}/{opts.rounds} {server:<12} "

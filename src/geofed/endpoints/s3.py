@@ -1,28 +1,21 @@
 """The ``s3`` endpoint kind: one bucket of an S3 service (AWS, Ceph RGW, MinIO, ...).
 
 The endpoint path ``/a/b`` is the object key ``a/b`` (the prefix mapping of the configuration
-already put the key prefix in front). S3 has no directories, so this module gives it the ones a
-WebDAV federation expects, the way S3 consoles and s3fs do:
+already put the key prefix in front). The endpoint is built in layers, one concept per module:
 
-* a path is a **directory** when no object has its key but some key starts with ``key/``: a real
-  object below it, or a zero-byte **marker** object ``key/`` (what ``mkcol`` writes, so that an
-  empty directory can exist). Markers make their directory exist and are hidden from listings;
-* parents are virtual: writing ``a/b/c`` makes ``a`` and ``a/b`` exist, so ``mkcol`` never fails
-  for a missing parent and ``makedirs`` is one marker PUT;
-* deleting a directory deletes every key under ``key/``, page by page, marker included.
+* :mod:`~geofed.endpoints.s3client` -- the signed requests (header SigV4), the session, timeouts
+  and the mapping of S3 answers onto the errors of :mod:`geofed.endpoints.base`;
+* :mod:`~geofed.endpoints.s3namespace` -- stat, list, delete, mkcol: directories emulated with key
+  prefixes and ``key/`` markers, the way S3 consoles and s3fs do;
+* :mod:`~geofed.endpoints.s3io` -- ``read`` (GET with ``Range``) and ``upload`` (one PutObject up to
+  :data:`PART_SIZE`, a multipart upload beyond, every body with ``Content-MD5``);
+* this module -- :class:`S3Endpoint` itself: presigned URLs for clients (query-string SigV4, see
+  :mod:`geofed.endpoints.sigv4`), checksum storage, server-side copies and moves, space and the
+  probe. The copy limits (:data:`COPY_LIMIT`, :data:`COPY_PART_SIZE`, ...) are module settings
+  read at call time, so the code that reads them stays here, next to them.
 
-Clients get presigned URLs (query-string SigV4, see :mod:`geofed.endpoints.sigv4`); geofed's own
-requests (HEAD, ListObjectsV2, DELETE, marker PUT, multi-object delete, and the data transfers
-below) carry an Authorization header. One ``aiohttp.ClientSession`` per endpoint, created on first
-use inside the running loop, with ``max_concurrency`` connections and ``timeout`` as the total time
-of one request; requests that move data instead get ``timeout`` per step (connecting, each read,
-each 1 MiB of body handed to the connection), so a large transfer is not cut off while it progresses.
+Checksums and renames (see the methods for the details):
 
-Data, checksums and renames (see the methods for the details):
-
-* ``read`` is a signed GET with ``Range``; ``upload`` is one PutObject up to :data:`PART_SIZE`
-  and a multipart upload of :data:`PART_SIZE` parts beyond, every body with ``Content-MD5`` so
-  that S3 checks the bytes itself, the multipart upload aborted on any failure;
 * checksums are kept as ``x-amz-meta-geofed-<alg>`` metadata. S3 cannot change metadata in place,
   so ``store_checksums`` copies the object onto itself (CopyObject, ``REPLACE``) conditionally on
   its ETag; a single-part object's ETag is its MD5, verified by S3 on upload, and is reported;
@@ -37,83 +30,40 @@ and never the secret key.
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
-import hashlib
-import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
-import aiohttp
-from multidict import CIMultiDictProxy
-from yarl import URL
-
-from geofed import __version__
-from geofed.config import EndpointSettings
 from geofed.endpoints.base import (
     CHECKSUM_ALGORITHMS,
     CHECKSUM_METADATA_PREFIX,
     Capabilities,
-    Endpoint,
-    Entry,
     Space,
     StatResult,
     checksums_from_metadata,
     sealed,
 )
-from geofed.endpoints.credentials import S3Keys, s3_keys
-from geofed.endpoints.davxml import parse_http_date, parse_length
-from geofed.endpoints.httpbody import capped_chunks
-from geofed.endpoints.s3xml import (
-    ListPage,
-    S3XMLError,
-    complete_multipart_body,
-    delete_objects_body,
-    parse_complete_multipart,
-    parse_copy_etag,
-    parse_delete_errors,
-    parse_error,
-    parse_list_page,
-    parse_upload_id,
-    xml_safe,
-)
-from geofed.endpoints.sigv4 import (
-    EMPTY_SHA256,
-    MAX_EXPIRES,
-    UNSIGNED_PAYLOAD,
-    BucketAddress,
-    QueryPairs,
-    SigV4Signer,
-    encode_key,
-)
-from geofed.errors import EndpointError, EndpointRefused, EndpointUnavailable, PathNotFound
+from geofed.endpoints.davxml import parse_length
+from geofed.endpoints.s3client import _META_PREFIX, _user_metadata
+from geofed.endpoints.s3client import MAX_LIST_BODY as MAX_LIST_BODY
+from geofed.endpoints.s3client import MAX_SMALL_BODY as MAX_SMALL_BODY
+from geofed.endpoints.s3client import PAGE_SIZE as PAGE_SIZE
+from geofed.endpoints.s3client import SEND_SLICE as SEND_SLICE
+from geofed.endpoints.s3client import GiB as GiB
+from geofed.endpoints.s3client import MiB as MiB
+from geofed.endpoints.s3io import MAX_PARTS as MAX_PARTS
+from geofed.endpoints.s3io import PART_SIZE as PART_SIZE
+from geofed.endpoints.s3io import READ_CHUNK as READ_CHUNK
+from geofed.endpoints.s3io import S3DataIO
+from geofed.endpoints.s3io import _Parts as _Parts
+from geofed.endpoints.s3namespace import MARKER_CONTENT_TYPE as MARKER_CONTENT_TYPE
+from geofed.endpoints.s3xml import parse_copy_etag
+from geofed.endpoints.sigv4 import MAX_EXPIRES, encode_key
+from geofed.errors import EndpointRefused, EndpointUnavailable, PathNotFound
 
-logger = logging.getLogger(__name__)
-
-
-#: A ListObjectsV2 page holds at most 1000 keys of at most 1 KiB each, plus a little XML per key.
-MAX_LIST_BODY = 8 << 20
-#: Error documents and other small answers are read up to this size.
-MAX_SMALL_BODY = 64 * 1024
-#: What S3 lists per page at most; asking for more gives this many anyway.
-PAGE_SIZE = 1000
 #: The methods a presigned URL is made for; anything else is a programming error.
 SIGNABLE = frozenset({"GET", "HEAD", "PUT", "DELETE"})
-MARKER_CONTENT_TYPE = "application/x-directory"
-_USER_AGENT = f"geofed/{__version__}"
 
-_META_PREFIX = "x-amz-meta-"
-
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-#: ``read`` yields chunks of at most this many bytes.
-READ_CHUNK = 256 * 1024
-#: ``upload`` sends up to this many bytes as one PutObject, and larger uploads in parts of exactly
-#: this size (the last one shorter); it holds at most two parts in memory (one being sent).
-PART_SIZE = 16 * MiB
-#: S3 numbers parts 1..10000, so an upload can be at most ``MAX_PARTS * PART_SIZE`` (160 GiB).
-MAX_PARTS = 10_000
 #: The largest object one CopyObject copies; ``move`` copies larger ones part by part, and
 #: ``store_checksums`` (a self-copy) gives up on them.
 COPY_LIMIT = 5 * GiB
@@ -121,13 +71,10 @@ COPY_LIMIT = 5 * GiB
 COPY_PART_SIZE = 512 * MiB
 #: A server-side copy of n bytes may take ``timeout + n / COPY_RATE`` seconds to answer.
 COPY_RATE = 32 * MiB
-#: Request bodies are handed to the connection this many bytes at a time, each within ``timeout``.
-SEND_SLICE = 1 * MiB
 #: Objects copied at once when moving a directory.
 MOVE_CONCURRENCY = 16
 #: Parts copied at once by a multipart copy.
 COPY_PART_CONCURRENCY = 4
-_MULTIPART_CONTENT_TYPE = "application/octet-stream"
 _ETAG_MD5 = re.compile(r'\s*"?([0-9A-Fa-f]{32})"?\s*')
 #: What a CopyObject with ``x-amz-metadata-directive: REPLACE`` drops unless sent again (and what a
 #: multipart copy must give the new upload): the object's headers, apart from user metadata.
@@ -149,17 +96,6 @@ _STORAGE_HEADERS = (
 )
 #: Present on SSE-C objects: S3 needs the client's key to read or copy them.
 _SSE_C = "x-amz-server-side-encryption-customer-algorithm"
-#: Codes of S3 errors that say "try again" rather than "no", whatever their status.
-_TRANSIENT_CODES = frozenset(
-    {
-        "BadDigest",
-        "IncompleteBody",
-        "RequestTimeout",
-        "XAmzContentSHA256Mismatch",
-        "InternalError",
-        "SlowDown",
-    }
-)
 
 _T = TypeVar("_T")
 
@@ -178,17 +114,6 @@ def etag_md5(etag: str | None) -> str | None:
     """
     match = _ETAG_MD5.fullmatch(etag) if etag else None
     return match.group(1).lower() if match else None
-
-
-def _user_metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """``x-amz-meta-*`` headers as (lower-case name without the prefix, value) pairs, sorted."""
-    return tuple(
-        sorted(
-            (name[len(_META_PREFIX) :], value)
-            for name, value in ((k.lower(), v) for k, v in headers.items())
-            if name.startswith(_META_PREFIX)
-        )
-    )
 
 
 def _header_safe(text: str) -> bool:
@@ -215,38 +140,7 @@ async def _bounded(jobs: Sequence[Callable[[], Awaitable[_T]]], limit: int) -> l
         raise
 
 
-class _Parts:
-    """Cuts a byte stream into parts of exactly ``size`` bytes with their Content-MD5, hashed as the
-    bytes arrive. A full part is handed out only once a byte beyond it arrives, so a stream of
-    ``size`` bytes or fewer stays one part (one PutObject) and no multipart upload ends in an
-    empty part."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data = bytearray()
-        self._md5 = hashlib.md5(usedforsecurity=False)
-
-    def feed(self, chunk: bytes) -> list[tuple[bytearray, str]]:
-        full: list[tuple[bytearray, str]] = []
-        view = memoryview(chunk)
-        while len(view):
-            if len(self._data) == self.size:
-                full.append(self.finish())
-            piece = view[: self.size - len(self._data)]
-            self._data += piece
-            self._md5.update(piece)
-            view = view[len(piece) :]
-        return full
-
-    def finish(self) -> tuple[bytearray, str]:
-        """The bytes held (possibly none) and their Content-MD5; the buffer starts afresh."""
-        data, digest = self._data, base64.b64encode(self._md5.digest()).decode()
-        self._data = bytearray()
-        self._md5 = hashlib.md5(usedforsecurity=False)
-        return data, digest
-
-
-class S3Endpoint(Endpoint):
+class S3Endpoint(S3DataIO):
     """One bucket; keys below the configured prefixes are files, ``/``-separated names directories."""
 
     capabilities = Capabilities(
@@ -257,27 +151,6 @@ class S3Endpoint(Endpoint):
         move=True,
         server_copy=True,
     )
-
-    def __init__(self, settings: EndpointSettings, keys: S3Keys | None = None) -> None:
-        super().__init__(settings)
-        if settings.bucket is None:  # the configuration already refuses this; keeps mypy honest
-            raise ValueError(f"endpoint {settings.name}: an s3 endpoint needs a bucket")
-        keys = keys if keys is not None else s3_keys(settings)
-        self.bucket = settings.bucket
-        self._signer = SigV4Signer(keys.access_key, keys.secret_key, settings.region)
-        self._address = BucketAddress(settings.url, settings.bucket, settings.addressing)
-        self._session: aiohttp.ClientSession | None = None
-        self._cleanups: set[asyncio.Task[None]] = set()
-        """Aborts of failed multipart uploads, kept alive (and waited for by ``aclose``) when the
-        upload that started them is cancelled."""
-
-    def __repr__(self) -> str:
-        return f"S3Endpoint({self.name!r}, {self._address!r})"
-
-    @staticmethod
-    def _key(path: str) -> str:
-        """The object key of an endpoint path; ``""`` for the root (the bucket itself)."""
-        return path.strip("/")
 
     # -- presigned URLs -------------------------------------------------------------------------
 
@@ -309,545 +182,6 @@ class S3Endpoint(Endpoint):
         return self._signer.presign(
             "POST", self._address, self._key(path), _expires(lifetime), (("uploadId", upload_id),)
         )
-
-    # -- HTTP plumbing ------------------------------------------------------------------------
-
-    def _client(self) -> aiohttp.ClientSession:
-        """The endpoint's session, created on first use so that it binds to the running loop."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.settings.max_concurrency),
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                headers={"User-Agent": _USER_AGENT},
-                auto_decompress=False,
-            )
-        return self._session
-
-    @contextlib.asynccontextmanager
-    async def _request(
-        self,
-        method: str,
-        key: str,
-        query: QueryPairs = (),
-        *,
-        what: str,
-        body: bytes | bytearray = b"",
-        headers: Mapping[str, str] | None = None,
-        unsigned_payload: bool = False,
-        streaming: bool = False,
-        read_timeout: float | None = None,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """One header-signed request; library errors while sending *or reading* become Unavailable.
-
-        The mapping wraps the caller's whole ``async with`` block because a timeout or a reset can
-        strike while the body streams in. ``what`` names the request in messages (never the URL).
-
-        ``unsigned_payload`` signs ``UNSIGNED-PAYLOAD`` instead of the body's SHA-256 (for data
-        bodies, which carry a signed ``Content-MD5`` that S3 checks: the body is bound to the
-        signature all the same, for one hash pass instead of two). ``streaming`` replaces the total
-        time limit by the endpoint's timeout for connecting, for each read (``read_timeout`` when
-        given: a server-side copy answers only when done) and for each :data:`SEND_SLICE` of the
-        body to be taken by the connection.
-        """
-        if unsigned_payload:
-            payload = UNSIGNED_PAYLOAD
-        else:
-            payload = hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256
-        url, signed = self._signer.sign_headers(
-            method, self._address, key, query, payload_sha256=payload, headers=headers
-        )
-        session = self._client()
-        limit = self.settings.timeout
-        timeout = session.timeout
-        if streaming:
-            timeout = aiohttp.ClientTimeout(total=None, connect=limit, sock_read=read_timeout or limit)
-        data: bytes | bytearray | AsyncIterator[memoryview] | None = body or None
-        deadline: asyncio.Timeout | None = None
-        if streaming and body:
-            deadline = asyncio.timeout(None)
-            data = self._paced(body, deadline)
-            signed["Content-Length"] = str(len(body))
-        try:
-            async with (
-                deadline if deadline is not None else contextlib.nullcontext(),
-                session.request(
-                    method,
-                    URL(url, encoded=True),
-                    headers=signed,
-                    data=data,
-                    allow_redirects=False,
-                    timeout=timeout,
-                ) as response,
-            ):
-                yield response
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            if isinstance(exc, TimeoutError):
-                reason = f"timed out after {limit:g}s"
-            else:
-                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise EndpointUnavailable(self.name, f"{what}: {reason}") from exc
-
-    async def _paced(self, body: bytes | bytearray, deadline: asyncio.Timeout) -> AsyncIterator[memoryview]:
-        """``body`` in slices, each to be taken by the connection within the endpoint's timeout
-        (aiohttp has no write timeout: a server that stops reading would hang the upload)."""
-        loop = asyncio.get_running_loop()
-        view = memoryview(body)
-        try:
-            for start in range(0, len(view), SEND_SLICE):
-                deadline.reschedule(loop.time() + self.settings.timeout)
-                yield view[start : start + SEND_SLICE]
-            deadline.reschedule(None)  # the answer is sock_read's business
-        except RuntimeError:  # the request is over (an early answer): nothing more to send
-            return
-
-    async def _read(self, response: aiohttp.ClientResponse, what: str, limit: int) -> bytes:
-        """The whole body, refusing one larger than ``limit`` (not a real S3 answer)."""
-
-        def too_large() -> Exception:
-            return EndpointUnavailable(self.name, f"{what}: answer larger than {limit} bytes")
-
-        return b"".join([chunk async for chunk in capped_chunks(response, limit, too_large)])
-
-    async def _error(self, what: str, response: aiohttp.ClientResponse) -> EndpointError:
-        """The contract's error for an unwanted answer, with the S3 error code when there is one."""
-        status = response.status
-        body = b""
-        if response.method != "HEAD":
-            with contextlib.suppress(EndpointUnavailable):
-                body = await self._read(response, what, MAX_SMALL_BODY)
-        info = parse_error(body)
-        code = info.code if info is not None else (response.reason or "")
-        message = f"{what}: HTTP {status} {code}".rstrip()
-        if status >= 500 or (info is not None and info.code in _TRANSIENT_CODES):
-            return EndpointUnavailable(self.name, message)
-        if info is not None and info.code == "NoSuchBucket":
-            return EndpointUnavailable(self.name, f"{message}: bucket {self.bucket} does not exist")
-        if status in (404, 410):
-            return PathNotFound(self.name, message)
-        return EndpointRefused(self.name, message, status)
-
-    async def _list_page(
-        self,
-        what: str,
-        prefix: str,
-        *,
-        delimiter: str | None = None,
-        token: str | None = None,
-        max_keys: int = PAGE_SIZE,
-    ) -> ListPage:
-        """One ListObjectsV2 page of the keys starting with ``prefix`` (keys URL-encoded on the wire,
-        so that keys holding characters XML cannot carry still list)."""
-        query = [
-            ("list-type", "2"),
-            ("prefix", prefix),
-            ("max-keys", str(max_keys)),
-            ("encoding-type", "url"),
-        ]
-        if delimiter is not None:
-            query.append(("delimiter", delimiter))
-        if token is not None:
-            query.append(("continuation-token", token))
-        async with self._request("GET", "", query, what=what) as resp:
-            if resp.status != 200:
-                raise await self._error(what, resp)
-            body = await self._read(resp, what, MAX_LIST_BODY)
-        try:
-            return parse_list_page(body)
-        except S3XMLError as exc:
-            raise EndpointUnavailable(self.name, f"{what}: {exc}") from exc
-
-    # -- stat -----------------------------------------------------------------------------------
-
-    async def _head(self, path: str, key: str) -> CIMultiDictProxy[str] | None:
-        """The headers of HeadObject on ``key``, or None on 404."""
-        what = f"HEAD {path}"
-        async with self._request("HEAD", key, what=what) as resp:
-            if resp.status == 200:
-                return resp.headers
-            if resp.status != 404:
-                raise await self._error(what, resp)
-        return None
-
-    @staticmethod
-    def _file_stat(headers: Mapping[str, str]) -> StatResult:
-        return StatResult(
-            is_dir=False,
-            size=parse_length(headers.get("Content-Length")),
-            mtime=parse_http_date(headers.get("Last-Modified")),
-            etag=headers.get("ETag"),
-            content_type=headers.get("Content-Type"),
-            metadata=_user_metadata(headers),
-        )
-
-    async def stat(self, path: str) -> StatResult | None:
-        """HeadObject; on 404, a one-key listing of ``key/`` tells whether it is a directory.
-
-        The root is the bucket and always a directory (whether the bucket exists is the probe's
-        business). A directory's mtime is its marker's, when it has one.
-        """
-        if path == "/":
-            return StatResult(is_dir=True)
-        key = self._key(path)
-        headers = await self._head(path, key)
-        if headers is not None:
-            return self._file_stat(headers)
-        page = await self._list_page(f"LIST {path}/", key + "/", max_keys=1)
-        if page.key_count == 0:
-            return None
-        first = page.objects[0] if page.objects else None
-        marker_mtime = first.mtime if first is not None and first.key == key + "/" else None
-        return StatResult(is_dir=True, mtime=marker_mtime)
-
-    async def _is_directory(self, path: str, key: str) -> bool:
-        """Whether some key starts with ``key/`` (one one-key listing)."""
-        page = await self._list_page(f"LIST {path}/", key + "/", max_keys=1)
-        return page.key_count > 0
-
-    # -- list -----------------------------------------------------------------------------------
-
-    async def list(self, path: str) -> AsyncIterator[Entry]:
-        """ListObjectsV2 with delimiter ``/``, one page at a time, entries yielded page by page.
-
-        An empty first page means no such directory (PathNotFound), except at the root (an empty
-        bucket). When a file ``x`` and keys under ``x/`` both exist, ``stat`` says "file", so the
-        directory ``x`` is left out. Since ``x`` sorts before ``x/``, only the names that are a
-        prefix of the current position can still meet their directory: ``files`` holds those and
-        is pruned after every page, so memory stays bounded however long the listing.
-        """
-        prefix = "" if path == "/" else self._key(path) + "/"
-        what = f"LIST {path}"
-        token: str | None = None
-        files: set[str] = set()
-        first = True
-        while True:
-            page = await self._list_page(what, prefix, delimiter="/", token=token)
-            if first and page.key_count == 0 and prefix:
-                raise PathNotFound(self.name, f"{what}: no such directory")
-            first = False
-            for obj in page.objects:
-                name = obj.key[len(prefix) :]
-                # Skip the directory's own marker, and what a server that ignored the prefix or the
-                # delimiter would add.
-                if not name or "/" in name or not obj.key.startswith(prefix):
-                    continue
-                files.add(name)
-                yield Entry(name, StatResult(is_dir=False, size=obj.size, mtime=obj.mtime, etag=obj.etag))
-            for common in page.prefixes:
-                name = common[len(prefix) : -1]
-                if name and "/" not in name and common.startswith(prefix) and name not in files:
-                    yield Entry(name, StatResult(is_dir=True))
-            if not page.truncated:
-                return
-            last = [obj.key for obj in page.objects[-1:]] + page.prefixes[-1:]
-            if last:
-                position = max(last)[len(prefix) :]
-                files = {name for name in files if name + "/" >= position}
-            token = page.next_token
-
-    # -- changes --------------------------------------------------------------------------------
-
-    async def delete(self, path: str) -> None:
-        """DeleteObject for a file; for a directory, every key under ``key/``, a page per request.
-
-        S3 answers 204 to a DELETE of a missing key, so existence is checked first (HEAD, then the
-        listing itself): deleting nothing is PathNotFound, as for the other endpoint kinds.
-        """
-        if path == "/":
-            raise EndpointRefused(self.name, "DELETE /: refusing to delete the endpoint's root", 403)
-        key = self._key(path)
-        async with self._request("HEAD", key, what=f"HEAD {path}") as resp:
-            if resp.status not in (200, 404):
-                raise await self._error(f"HEAD {path}", resp)
-            is_file = resp.status == 200
-        if is_file:
-            await self._delete_one(path, key)
-            return
-        token: str | None = None
-        deleted = 0
-        while True:
-            page = await self._list_page(f"LIST {path}/", key + "/", token=token)
-            keys = [obj.key for obj in page.objects]
-            if keys:
-                await self._delete_many(path, keys)
-                deleted += len(keys)
-            if not page.truncated:
-                break
-            token = page.next_token
-        if not deleted:
-            raise PathNotFound(self.name, f"DELETE {path}: no such file or directory")
-
-    async def _delete_one(self, path: str, key: str) -> None:
-        what = f"DELETE {path}"
-        async with self._request("DELETE", key, what=what) as resp:
-            if resp.status not in (200, 204):
-                raise await self._error(what, resp)
-
-    async def _delete_many(self, path: str, keys: Sequence[str]) -> None:
-        """A quiet multi-object delete (POST ?delete, up to 1000 keys); keys XML cannot carry go one
-        by one. Any key the server could not delete makes the whole delete a refusal."""
-        what = f"DELETE {path}/"
-        for key in (k for k in keys if not xml_safe(k)):
-            await self._delete_one(path, key)
-        safe = [k for k in keys if xml_safe(k)]
-        if not safe:
-            return
-        body, md5 = delete_objects_body(safe)
-        headers = {"Content-MD5": md5, "Content-Type": "application/xml"}
-        async with self._request(
-            "POST", "", (("delete", ""),), what=what, body=body, headers=headers
-        ) as resp:
-            if resp.status != 200:
-                raise await self._error(what, resp)
-            answer = await self._read(resp, what, MAX_LIST_BODY)
-        try:
-            errors = parse_delete_errors(answer)
-        except S3XMLError as exc:
-            raise EndpointUnavailable(self.name, f"{what}: {exc}") from exc
-        if errors:
-            codes = ", ".join(sorted({code for _, code in errors}))
-            raise EndpointRefused(self.name, f"{what}: {len(errors)} keys not deleted ({codes})", 403)
-
-    async def mkcol(self, path: str) -> bool:
-        """Write the marker ``key/``; False when a file or directory already has this path.
-
-        A missing parent is not an error: S3 parents are virtual and appear with their children.
-        """
-        if path == "/" or await self.stat(path) is not None:
-            return False
-        await self._put_marker(path)
-        return True
-
-    async def makedirs(self, path: str) -> None:
-        """One marker PUT, without mkcol's existence check: parents are virtual, and writing a marker
-        over an existing one (or into a directory that only has children) changes nothing visible.
-        This runs before every redirected PUT, so it is worth the round trips saved."""
-        if path != "/":
-            await self._put_marker(path)
-
-    async def _put_marker(self, path: str) -> None:
-        what = f"PUT {path}/"
-        headers = {"Content-Type": MARKER_CONTENT_TYPE}
-        async with self._request("PUT", self._key(path) + "/", what=what, headers=headers) as resp:
-            if resp.status != 200:
-                raise await self._error(what, resp)
-
-    # -- streamed reads and uploads -------------------------------------------------------------
-
-    async def read(self, path: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """GetObject (with ``Range`` for a part), yielding chunks of at most :data:`READ_CHUNK` bytes.
-
-        PathNotFound for a missing key, a directory and the root (S3 says NoSuchKey for the first
-        two). A range starting at or after the end (S3's 416 InvalidRange, which an empty object
-        answers to any range) yields nothing, as reading past the end of a file does.
-        """
-        if offset < 0 or (length is not None and length < 0):
-            raise ValueError(f"invalid range: offset {offset}, length {length}")
-        what = f"GET {path}"
-        if path == "/":
-            raise PathNotFound(self.name, f"{what}: the root is a directory, not a file")
-        key = self._key(path)
-        if length == 0:
-            if await self._head(path, key) is None:
-                raise PathNotFound(self.name, f"{what}: no such file")
-            return
-        headers = {}
-        if offset or length is not None:
-            end = "" if length is None else str(offset + length - 1)
-            headers["Range"] = f"bytes={offset}-{end}"
-        async with self._request("GET", key, what=what, headers=headers, streaming=True) as resp:
-            if resp.status == 416:
-                with contextlib.suppress(EndpointUnavailable):  # keeps the connection reusable
-                    await self._read(resp, what, MAX_SMALL_BODY)
-                return
-            if resp.status == 206:
-                content_range = resp.headers.get("Content-Range", "")
-                if not content_range.replace(" ", "").startswith(f"bytes{offset}-"):
-                    message = f"{what}: asked for bytes from {offset}, got {content_range!r}"
-                    raise EndpointUnavailable(self.name, message)
-                skip = 0
-            elif resp.status == 200:
-                skip = offset  # a server that ignored Range: drop what comes before it
-            else:
-                raise await self._error(what, resp)
-            remaining = length
-            async for chunk in resp.content.iter_chunked(READ_CHUNK):
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk, skip = chunk[skip:], 0
-                if remaining is not None:
-                    if len(chunk) >= remaining:
-                        yield chunk[:remaining]
-                        return
-                    remaining -= len(chunk)
-                yield chunk
-
-    async def upload(self, path: str, chunks: AsyncIterator[bytes]) -> None:
-        """PutObject of up to :data:`PART_SIZE` bytes, else a multipart upload of such parts.
-
-        Memory stays bounded: the part being filled and the part being sent (the next part is read
-        while the previous one travels), plus one chunk. Every body goes with its ``Content-MD5``,
-        so S3 refuses bytes damaged on the way. The object appears only when complete (S3 writes
-        are atomic). On any failure -- the endpoint, a cancellation, or the ``chunks`` iterator,
-        whose exception is passed on unchanged -- the multipart upload is aborted, so neither an
-        object nor stored parts are left. EndpointRefused 409 when a directory is in the way (an
-        object ``key`` would hide the keys below ``key/``), 413 beyond ``MAX_PARTS`` parts.
-        """
-        what = f"PUT {path}"
-        if path == "/":
-            raise EndpointRefused(self.name, f"{what}: cannot upload to the endpoint's root", 409)
-        key = self._key(path)
-        if await self._is_directory(path, key):
-            raise EndpointRefused(self.name, f"{what}: a directory is in the way", 409)
-        parts = _Parts(PART_SIZE)
-        upload_id: str | None = None
-        etags: list[str] = []
-        sending: asyncio.Task[str] | None = None
-        try:
-            async for chunk in chunks:
-                for data, md5 in parts.feed(chunk):
-                    if upload_id is None:
-                        content = {"Content-Type": _MULTIPART_CONTENT_TYPE}
-                        upload_id = await self._start_multipart(what, key, content)
-                    if sending is not None:
-                        etags.append(await sending)
-                        sending = None
-                    number = len(etags) + 1
-                    if number >= MAX_PARTS:  # a full part is handed out only when more follows
-                        limit = MAX_PARTS * PART_SIZE
-                        raise EndpointRefused(self.name, f"{what}: larger than {limit} bytes", 413)
-                    sending = asyncio.ensure_future(
-                        self._upload_part(what, key, upload_id, number, data, md5)
-                    )
-                    del data
-            data, md5 = parts.finish()
-            if upload_id is None:
-                await self._put_object(what, key, data, md5)
-                return
-            if sending is not None:
-                etags.append(await sending)
-                sending = None
-            etags.append(await self._upload_part(what, key, upload_id, len(etags) + 1, data, md5))
-            await self._complete_multipart(what, key, upload_id, etags)
-        except BaseException:
-            if sending is not None or upload_id is not None:
-                await self._clean_up(what, key, upload_id, sending)
-            raise
-
-    async def _put_object(self, what: str, key: str, data: bytearray, md5: str) -> None:
-        headers = {"Content-MD5": md5, "Content-Type": _MULTIPART_CONTENT_TYPE}
-        async with self._request(
-            "PUT", key, what=what, body=data, headers=headers, unsigned_payload=True, streaming=True
-        ) as resp:
-            if resp.status != 200:
-                raise await self._error(what, resp)
-
-    async def _create_multipart(self, what: str, key: str, headers: Mapping[str, str]) -> str:
-        """CreateMultipartUpload with the object's headers; its UploadId."""
-        async with self._request("POST", key, (("uploads", ""),), what=what, headers=headers) as resp:
-            if resp.status != 200:
-                raise await self._error(what, resp)
-            body = await self._read(resp, what, MAX_SMALL_BODY)
-        try:
-            return parse_upload_id(body)
-        except S3XMLError as exc:
-            raise EndpointUnavailable(self.name, f"{what}: {exc}") from exc
-
-    async def _start_multipart(self, what: str, key: str, headers: Mapping[str, str]) -> str:
-        """:meth:`_create_multipart`, which a cancellation does not interrupt: the server may have
-        created the upload already, so it is awaited in the background and aborted."""
-        creating = asyncio.ensure_future(self._create_multipart(what, key, headers))
-        try:
-            return await asyncio.shield(creating)
-        except asyncio.CancelledError:
-
-            async def abort_once_created() -> None:
-                try:
-                    upload_id = await creating
-                except Exception:  # nothing was created (or we cannot know what)
-                    return
-                await self._abort_multipart(what, key, upload_id)
-
-            self._background(abort_once_created())
-            raise
-
-    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run ``work`` as a task that outlives a cancelled caller; ``aclose`` waits for it."""
-        task = asyncio.ensure_future(work)
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-        return task
-
-    async def _upload_part(
-        self, what: str, key: str, upload_id: str, number: int, data: bytearray, md5: str
-    ) -> str:
-        """UploadPart; the part's ETag."""
-        query = (("partNumber", str(number)), ("uploadId", upload_id))
-        headers = {"Content-MD5": md5}
-        async with self._request(
-            "PUT", key, query, what=what, body=data, headers=headers, unsigned_payload=True, streaming=True
-        ) as resp:
-            if resp.status != 200:
-                raise await self._error(f"{what} (part {number})", resp)
-            etag = resp.headers.get("ETag")
-        if not etag:
-            raise EndpointUnavailable(self.name, f"{what} (part {number}): no ETag in the answer")
-        return etag
-
-    async def _complete_multipart(self, what: str, key: str, upload_id: str, etags: Sequence[str]) -> None:
-        """CompleteMultipartUpload. S3 may answer 200 and report a failure in the body."""
-        body = complete_multipart_body(etags)
-        headers = {"Content-Type": "application/xml"}
-        # Assembling thousands of parts takes the server a while; it sends spaces meanwhile.
-        async with self._request(
-            "POST", key, (("uploadId", upload_id),), what=what, body=body, headers=headers, streaming=True
-        ) as resp:
-            if resp.status != 200:
-                raise await self._error(what, resp)
-            answer = await self._read(resp, what, MAX_SMALL_BODY)
-        self._check_result(what, answer, parse_complete_multipart)
-
-    def _check_result(self, what: str, answer: bytes, parse: Callable[[bytes], _T]) -> _T:
-        """``parse(answer)`` of a 200 answer, which S3 may have turned into an error document."""
-        info = parse_error(answer)
-        if info is not None:
-            raise EndpointUnavailable(self.name, f"{what}: HTTP 200 {info.code}")
-        try:
-            return parse(answer)
-        except S3XMLError as exc:
-            raise EndpointUnavailable(self.name, f"{what}: {exc}") from exc
-
-    async def _abort_multipart(self, what: str, key: str, upload_id: str) -> None:
-        """AbortMultipartUpload; a failure is logged (the bucket's lifecycle rules are the backstop)."""
-        try:
-            async with self._request("DELETE", key, (("uploadId", upload_id),), what=what) as resp:
-                if resp.status in (200, 204, 404):
-                    await self._read(resp, what, MAX_SMALL_BODY)
-                    return
-                error = await self._error(f"abort of {what}", resp)
-            raise error
-        except EndpointError as exc:
-            logger.warning(
-                "endpoint %s: could not abort multipart upload %s of %r: %s", self.name, upload_id, key, exc
-            )
-
-    async def _clean_up(
-        self, what: str, key: str, upload_id: str | None, sending: asyncio.Future[str] | None
-    ) -> None:
-        """Stop the part in flight, then abort the upload; shielded, so that a cancelled upload
-        still cleans up (the work goes on in the background and ``aclose`` waits for it)."""
-
-        async def clean_up() -> None:
-            if sending is not None:
-                sending.cancel()
-                await asyncio.wait([sending])
-                if not sending.cancelled():
-                    sending.exception()  # retrieved: the caller's own exception is what counts
-            if upload_id is not None:
-                await self._abort_multipart(what, key, upload_id)
-
-        await asyncio.shield(self._background(clean_up()))
 
     # -- checksums ------------------------------------------------------------------------------
 

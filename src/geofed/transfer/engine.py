@@ -20,6 +20,11 @@ a best-effort DELETE once bytes were sent to it).
 
 One engine per process: it limits the copies running at once (the others wait for a slot) and,
 optionally, the bandwidth of all of them together (a token bucket), and counts what it did.
+
+The steps of one copy are :mod:`~geofed.transfer.job`, the pipeline inside it (bandwidth limit,
+stall detection, chunking and hashing) :mod:`~geofed.transfer.pipeline`, and the values it works on
+(sources, destinations, results, failures) :mod:`~geofed.transfer.model`; their public names are
+re-exported here, where callers import them.
 """
 
 from __future__ import annotations
@@ -28,13 +33,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
-from geofed.checksums import MultiHasher
-from geofed.endpoints.base import Endpoint, StatResult
-from geofed.errors import EndpointError, PathNotFound
+from geofed.errors import EndpointError
+from geofed.transfer.job import CLEANUP_TIMEOUT, Job
+from geofed.transfer.model import (
+    ClientGone,
+    Destination,
+    EndpointDestination,
+    RemoteDestination,
+    RemoteSource,
+    Replica,
+    ReplicaSource,
+    Source,
+    TransferFailed,
+    TransferResult,
+)
+from geofed.transfer.pipeline import HASH_INLINE_BELOW, TokenBucket, Watchdog
 from geofed.transfer.remote import (
     RemoteError,
     RemoteInfo,
@@ -48,243 +64,31 @@ from geofed.transfer.settings import TransferSettings
 if TYPE_CHECKING:
     import ssl
 
-    from geofed.checksums import ChecksumService
     from geofed.config import Settings
+
+__all__ = [
+    "CLEANUP_TIMEOUT",
+    "HASH_INLINE_BELOW",
+    "STATS",
+    "ClientGone",
+    "Destination",
+    "EndpointDestination",
+    "RemoteDestination",
+    "RemoteSource",
+    "Replica",
+    "ReplicaSource",
+    "Source",
+    "TokenBucket",
+    "Transfer",
+    "TransferEngine",
+    "TransferFailed",
+    "TransferResult",
+]
+
 
 log = logging.getLogger("geofed.transfer")
 
-HASH_INLINE_BELOW = 64 * 1024
-"""Chunks smaller than this are hashed on the event loop, larger ones in a worker thread."""
-CLEANUP_TIMEOUT = 30.0
 STATS = ("queued", "running", "succeeded", "failed", "cancelled", "bytes")
-
-
-class TransferFailed(Exception):
-    """The copy failed; the message says which side and why (no URL query, no credential)."""
-
-
-class ClientGone(Exception):
-    """The client of the COPY went away; the copy was cancelled and cleaned up."""
-
-
-# -- what is copied ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Replica:
-    endpoint: Endpoint
-    path: str
-    stat: StatResult
-
-
-@dataclass(frozen=True, slots=True)
-class ReplicaSource:
-    """A federated file: its replicas, best first, and the service that knows their checksums."""
-
-    replicas: tuple[Replica, ...]
-    label: str
-    """The federated path (for messages)."""
-    checksums: ChecksumService | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteSource:
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointDestination:
-    endpoint: Endpoint
-    path: str
-    label: str
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteDestination:
-    url: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    head_after: bool = True
-    """Ask the destination (HEAD, ``Want-Digest``) for its size and checksum once the PUT is done;
-    off for ``Copy-Flags: NoHead`` (a pre-signed PUT URL cannot answer a HEAD)."""
-
-
-Source = ReplicaSource | RemoteSource
-Destination = EndpointDestination | RemoteDestination
-
-
-@dataclass(frozen=True, slots=True)
-class TransferResult:
-    size: int
-    checksums: dict[str, str]
-    seconds: float
-    source: str
-    """Where the bytes came from: ``endpoint:path`` or the redacted URL."""
-
-
-# -- rate limiting and stall detection ---------------------------------------------------------
-
-
-class TokenBucket:
-    """At most ``rate`` bytes per second over time, with bursts of up to one second's worth.
-    Callers take tokens in turn (FIFO), so concurrent copies share the rate fairly by chunk."""
-
-    def __init__(self, rate: float) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be positive")
-        self.rate = float(rate)
-        self._tokens = self.rate
-        self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def take(self, amount: int) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= amount
-            if self._tokens < 0:
-                await asyncio.sleep(-self._tokens / self.rate)
-
-
-class _Watchdog:
-    """Fails the copy when nothing moved for ``idle`` seconds, or when it runs past ``total``."""
-
-    def __init__(self, idle: float, total: float | None) -> None:
-        self.idle = idle
-        self.total = total
-        self._loop = asyncio.get_running_loop()
-        self._end = None if total is None else self._loop.time() + total
-        self.timeout = asyncio.timeout_at(self._next())
-
-    def _next(self) -> float:
-        deadline = self._loop.time() + self.idle
-        return deadline if self._end is None else min(deadline, self._end)
-
-    def kick(self) -> None:
-        """Bytes moved: the idle time starts again (a no-op once the copy has ended)."""
-        with contextlib.suppress(RuntimeError):
-            self.timeout.reschedule(self._next())
-
-    def reason(self) -> str:
-        if self._end is not None and self._loop.time() >= self._end:
-            return f"not finished within {self.total:g} s"
-        return f"no progress for {self.idle:g} s"
-
-
-# -- the pipeline inside one copy --------------------------------------------------------------
-
-_END = object()
-
-
-class _Pipe:
-    """Source chunks → rechunk → rate limit → hash (overlapping the next read) → queue (one chunk)
-    → destination, which gets each chunk as a generator that holds back the last one. At most
-    five chunks are held: one being filled, one being hashed, one queued, one held back, one being
-    written."""
-
-    def __init__(
-        self,
-        source: AsyncIterator[bytes],
-        chunk_size: int,
-        hasher: MultiHasher,
-        bucket: TokenBucket | None,
-        moved: Callable[[], None],
-        sent: Callable[[int], None],
-    ) -> None:
-        self._source = source
-        self._chunk_size = chunk_size
-        self._hasher = hasher
-        self._bucket = bucket
-        self._moved = moved
-        self._sent = sent
-        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=1)
-        self._task: asyncio.Task[None] | None = None
-        self._hashing: tuple[bytes, asyncio.Future[None]] | None = None
-        self.started = False
-        """The destination took its first chunk (after which a remote PUT cannot be redirected)."""
-        self.error: BaseException | None = None
-        """What ended the body early (a source failure, a mismatch): the real cause of an upload
-        failure that an HTTP client may have wrapped."""
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._read(), name="tpc reader")
-
-    async def aclose(self) -> None:
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-        if task is not None:
-            await asyncio.gather(task, return_exceptions=True)
-
-    async def _read(self) -> None:
-        buffer = bytearray()
-        size = self._chunk_size
-        try:
-            async for piece in self._source:
-                self._moved()
-                if not buffer and len(piece) == size:
-                    await self._emit(piece)
-                    continue
-                buffer += piece
-                while len(buffer) >= size:
-                    chunk = bytes(buffer) if len(buffer) == size else bytes(buffer[:size])
-                    del buffer[:size]
-                    await self._emit(chunk)
-            if buffer:
-                await self._emit(bytes(buffer))
-            await self._hashed()
-            await self._queue.put(_END)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # handed to the consumer, which raises it in the upload
-            await self._queue.put(exc)
-
-    async def _emit(self, chunk: bytes) -> None:
-        """Hash ``chunk`` in a worker thread while the next one is read (the previous chunk,
-        hashed by now, goes to the destination first: the hasher sees chunks in order)."""
-        if self._bucket is not None:
-            await self._bucket.take(len(chunk))
-        await self._hashed()
-        if len(chunk) >= HASH_INLINE_BELOW:
-            self._hashing = (chunk, asyncio.ensure_future(asyncio.to_thread(self._hasher.update, chunk)))
-        else:
-            self._hasher.update(chunk)
-            await self._queue.put(chunk)
-
-    async def _hashed(self) -> None:
-        """Wait for the chunk being hashed, then hand it over."""
-        if self._hashing is not None:
-            chunk, hashing = self._hashing
-            self._hashing = None
-            await hashing
-            await self._queue.put(chunk)
-
-    async def body(self, final_check: Callable[[], None]) -> AsyncGenerator[bytes, None]:
-        """The chunks for the destination; ``final_check`` runs once everything was read and
-        hashed, before the last chunk is handed over (it raises to abort the upload)."""
-        held: bytes | None = None
-        try:
-            while True:
-                item = await self._queue.get()
-                if item is _END:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                if held is not None:
-                    self.started = True
-                    yield held
-                    self._sent(len(held))
-                held = item
-            final_check()
-            if held is not None:
-                self.started = True
-                yield held
-                self._sent(len(held))
-        except BaseException as exc:
-            if not isinstance(exc, GeneratorExit | asyncio.CancelledError):
-                self.error = exc
-            raise
 
 
 # -- one copy ------------------------------------------------------------------------------
@@ -369,6 +173,9 @@ class TransferEngine:
         self._slots: asyncio.Semaphore | None = None
         self._bucket: TokenBucket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._cleanups: set[asyncio.Future[Any]] = set()
+        """Clean-ups still running for copies that were cancelled: never cancelled themselves,
+        and waited for by :meth:`aclose`, so none is destroyed unfinished with the loop."""
         self.counters: dict[str, int] = dict.fromkeys(STATS, 0)
         """``queued`` and ``running`` now; ``succeeded``, ``failed``, ``cancelled`` and ``bytes``
         (copied by finished and running copies) since the start."""
@@ -434,10 +241,20 @@ class TransferEngine:
                 return None
 
     async def aclose(self) -> None:
-        """Cancel every copy (each cleans up after itself) and wait for them."""
+        """Cancel every copy (each cleans up after itself) and wait for them and their clean-ups."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._cleanups:
+            await asyncio.wait(list(self._cleanups), timeout=CLEANUP_TIMEOUT)
+
+    def protect(self, work: Coroutine[Any, Any, Any] | asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """Run clean-up ``work`` to its end even if its caller is cancelled (await the result
+        with :func:`asyncio.shield`); :meth:`aclose` waits for it."""
+        future = asyncio.ensure_future(work)
+        self._cleanups.add(future)
+        future.add_done_callback(self._cleanups.discard)
+        return future
 
     # -- running one copy ----------------------------------------------------------------------
 
@@ -507,8 +324,8 @@ class TransferEngine:
             else None
         )
         async with session if session is not None else contextlib.nullcontext() as http:
-            watchdog = _Watchdog(settings.idle_timeout, settings.max_duration)
-            job = _Job(self, transfer, http, watchdog)
+            watchdog = Watchdog(settings.idle_timeout, settings.max_duration)
+            job = Job(self, transfer, http, watchdog)
             try:
                 async with watchdog.timeout:
                     return await job.run(started)
@@ -551,323 +368,6 @@ def _same_store(source: Source, destination: Destination) -> Replica | None:
         if replica.endpoint is endpoint and replica.path != destination.path:
             return replica
     return None
-
-
-class _Job:
-    """The steps of one copy, and what they leave to clean up when it fails."""
-
-    def __init__(
-        self, engine: TransferEngine, transfer: Transfer, http: RemoteSession | None, watchdog: _Watchdog
-    ) -> None:
-        self.engine = engine
-        self.transfer = transfer
-        self.http = http
-        self.watchdog = watchdog
-        self.hasher = MultiHasher(engine.settings.checksums)
-        self.expected: dict[str, str] = {}
-        self.expected_from = ""
-        self.size: int | None = None
-        self.read = 0
-        self.source_name = ""
-        self.written = False
-        """The destination holds the copy (an upload completed, a PUT was answered 2xx)."""
-        self.put_started = False
-        self.succeeded = False
-        self._pipe: _Pipe | None = None
-        self._stream: AsyncIterator[bytes] | None = None
-
-    # -- the steps --------------------------------------------------------------------------
-
-    async def run(self, started: float) -> TransferResult:
-        transfer = self.transfer
-        self._stream = await self._open_source()
-        transfer.total = self.size
-        pipe = _Pipe(
-            self._counted(self._stream),
-            self.engine.settings.chunk_size,
-            self.hasher,
-            self.engine._bucket,
-            self.watchdog.kick,
-            self._sent,
-        )
-        self._pipe = pipe
-        pipe.start()
-        body = pipe.body(self._final_check)
-        try:
-            await self._write(body, pipe)
-        finally:
-            await body.aclose()
-        await pipe.aclose()
-        computed = self.hasher.hexdigests()
-        await self._check_destination(computed)
-        self.succeeded = True
-        return TransferResult(self.read, computed, time.monotonic() - started, self.source_name)
-
-    async def _counted(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        async for piece in stream:
-            self.read += len(piece)
-            yield piece
-
-    def _sent(self, count: int) -> None:
-        self.transfer.transferred += count
-        self.engine.counters["bytes"] += count
-        self.watchdog.kick()
-
-    def _final_check(self) -> None:
-        """Everything was read and hashed: the size and the checksums must be the source's."""
-        if self.size is not None and self.read != self.size:
-            raise TransferFailed(
-                f"source {self.source_name}: read {self.read} bytes, expected {self.size} "
-                "(the file changed or the stream was cut)"
-            )
-        if self.transfer.verify and self.expected:
-            mismatches = _mismatches(self.expected, self.hasher.hexdigests())
-            if mismatches:
-                raise TransferFailed(
-                    f"checksum mismatch between the source ({self.expected_from}) and the bytes read: "
-                    f"{'; '.join(mismatches)}; nothing was stored"
-                )
-
-    async def _open_source(self) -> AsyncIterator[bytes]:
-        source = self.transfer.source
-        if isinstance(source, RemoteSource):
-            return await self._open_remote(source)
-        return await self._open_replica(source)
-
-    async def _open_remote(self, source: RemoteSource) -> AsyncIterator[bytes]:
-        http = self.http
-        assert http is not None
-        self.source_name = redact(source.url)
-        if self.transfer.verify:
-            try:
-                info = await http.head(source.url, source.headers)
-            except RemoteError as exc:
-                log.debug("HEAD of the source failed (the GET will say more): %s", exc)
-            else:
-                if info.checksums:
-                    self.expected = info.checksums
-                    self.expected_from = f"Digest of {self.source_name}"
-        try:
-            body = await http.get(source.url, source.headers)
-        except RemoteError as exc:
-            raise TransferFailed(f"source {exc.message}") from None
-        self.size = body.size
-        self.source_name = body.url
-        return _remote_errors(body.chunks, "source")
-
-    async def _open_replica(self, source: ReplicaSource) -> AsyncIterator[bytes]:
-        failures: list[str] = []
-        for replica in source.replicas:
-            name = f"{replica.endpoint.name}:{replica.path}"
-            stream = replica.endpoint.read(replica.path)
-            try:
-                first = await anext(stream, None)
-            except (EndpointError, NotImplementedError) as exc:
-                failures.append(f"{replica.endpoint.name}: {exc}")
-                await _close(stream)
-                continue
-            except BaseException:
-                await _close(stream)
-                raise
-            self.source_name = name
-            self.size = replica.stat.size
-            if self.transfer.verify and source.checksums is not None:
-                self.expected = await _known_checksums(source.checksums, replica)
-                self.expected_from = f"checksums known for {name}"
-            return _endpoint_errors(first, stream, "source")
-        detail = "; ".join(failures) or "no replica"
-        raise TransferFailed(f"source {source.label}: cannot be read ({detail})")
-
-    async def _write(self, body: AsyncIterator[bytes], pipe: _Pipe) -> None:
-        destination = self.transfer.destination
-        if isinstance(destination, EndpointDestination):
-            endpoint = destination.endpoint
-            try:
-                await endpoint.upload(destination.path, body)
-            except EndpointError as exc:
-                if pipe.error is not None:
-                    raise _as_failure(pipe.error) from None
-                raise TransferFailed(f"destination {exc}; nothing was stored") from None
-            except NotImplementedError as exc:
-                raise TransferFailed(f"destination {endpoint.name}: {exc}") from None
-            self.written = True
-            return
-        http = self.http
-        assert http is not None
-        self.put_started = True
-
-        def hop() -> AsyncIterator[bytes]:
-            return _once(body)
-
-        try:
-            await http.put(destination.url, destination.headers, hop, self.size, lambda: pipe.started)
-        except RemoteError as exc:
-            if pipe.error is not None:
-                raise _as_failure(pipe.error) from None
-            raise TransferFailed(f"destination {exc.message}") from None
-        self.written = True
-
-    async def _check_destination(self, computed: dict[str, str]) -> None:
-        """Ask the destination what it holds now; store the checksums with an endpoint's copy."""
-        destination = self.transfer.destination
-        if isinstance(destination, EndpointDestination):
-            endpoint = destination.endpoint
-            name = f"{endpoint.name}:{destination.path}"
-            try:
-                stat = await endpoint.stat(destination.path)
-                if stat is None:
-                    raise TransferFailed(f"destination {name}: the copy is not there after the upload")
-                if stat.size is not None and stat.size != self.read:
-                    raise TransferFailed(
-                        f"destination {name}: holds {stat.size} bytes after the upload, {self.read} were sent"
-                    )
-                if self.transfer.verify:
-                    stored = await endpoint.stored_checksums(destination.path, stat)
-                    mismatches = _mismatches(stored, computed)
-                    if mismatches:
-                        differs = "; ".join(mismatches)
-                        raise TransferFailed(
-                            f"destination {name}: the stored copy's checksum differs: {differs}"
-                        )
-            except EndpointError as exc:
-                raise TransferFailed(f"destination {exc} (after the upload)") from None
-            if endpoint.capabilities.store_checksums:
-                try:
-                    await endpoint.store_checksums(destination.path, dict(computed))
-                except (EndpointError, NotImplementedError) as exc:
-                    log.warning("could not store the checksums of the copy %s: %s", name, exc)
-            return
-        if not destination.head_after or not self.transfer.verify:
-            return
-        http = self.http
-        assert http is not None
-        try:
-            info = await http.head(destination.url, destination.headers)
-        except RemoteError as exc:
-            log.info("cannot ask the destination about the copy: %s", exc)
-            return
-        if not 200 <= info.status < 300:
-            return  # it cannot say (a pre-signed PUT URL, no HEAD allowed): the PUT's answer stands
-        where = redact(destination.url)
-        if info.size is not None and info.size != self.read:
-            raise TransferFailed(
-                f"destination {where}: holds {info.size} bytes after the PUT, {self.read} were sent"
-            )
-        mismatches = _mismatches(info.checksums, computed)
-        if mismatches:
-            raise TransferFailed(
-                f"destination {where}: checksum of the stored copy differs: {'; '.join(mismatches)}"
-            )
-
-    # -- failures -----------------------------------------------------------------------------
-
-    async def clean_up(self) -> None:
-        """Stop the pipeline; when the copy did not succeed, remove what it left at the destination.
-        Shielded: it runs to the end even when the copy was cancelled."""
-        pipe, stream = self._pipe, self._stream
-        if pipe is not None:
-            await asyncio.shield(pipe.aclose())
-        if stream is not None:
-            await asyncio.shield(_close(stream))
-        if self.succeeded:
-            return
-        work = self._remove_destination()
-        if work is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(work), CLEANUP_TIMEOUT)
-
-    def _remove_destination(self) -> asyncio.Future[None] | None:
-        destination = self.transfer.destination
-        if isinstance(destination, EndpointDestination):
-            if not self.written:
-                return None  # an upload that did not complete leaves nothing
-            return asyncio.ensure_future(_delete_endpoint(destination))
-        if not self.put_started or (self._pipe is not None and not self._pipe.started and not self.written):
-            return None  # no byte reached it: whatever is there was not made by this copy
-        http = self.http
-        assert http is not None
-        return asyncio.ensure_future(_delete_remote(http, destination))
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-async def _once(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """``body`` behind a fresh generator per request hop: a hop that is redirected before sending
-    anything leaves ``body`` untouched for the next one."""
-    async for chunk in body:
-        yield chunk
-
-
-async def _remote_errors(chunks: AsyncIterator[bytes], role: str) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in chunks:
-            yield chunk
-    except RemoteError as exc:
-        raise TransferFailed(f"{role} {exc.message}") from None
-    finally:
-        await _close(chunks)
-
-
-async def _endpoint_errors(
-    first: bytes | None, stream: AsyncIterator[bytes], role: str
-) -> AsyncIterator[bytes]:
-    try:
-        if first:
-            yield first
-        if first is None:
-            return
-        async for chunk in stream:
-            yield chunk
-    except EndpointError as exc:
-        raise TransferFailed(f"{role} {exc}") from None
-    finally:
-        await _close(stream)
-
-
-async def _close(stream: AsyncIterator[bytes]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):
-            await aclose()
-
-
-async def _known_checksums(service: ChecksumService, replica: Replica) -> dict[str, str]:
-    """What is known of the replica's checksums without reading it (caches, stored values)."""
-    try:
-        return await service.checksums(replica.endpoint.name, replica.path, replica.stat, (), compute=False)
-    except (EndpointError, ValueError, KeyError) as exc:
-        log.debug("no known checksums for %s:%s: %s", replica.endpoint.name, replica.path, exc)
-        return {}
-
-
-async def _delete_endpoint(destination: EndpointDestination) -> None:
-    try:
-        await destination.endpoint.delete(destination.path)
-    except PathNotFound:
-        pass
-    except (EndpointError, NotImplementedError) as exc:
-        log.warning(
-            "could not remove the failed copy %s:%s: %s", destination.endpoint.name, destination.path, exc
-        )
-
-
-async def _delete_remote(http: RemoteSession, destination: RemoteDestination) -> None:
-    await http.delete(destination.url, destination.headers)
-
-
-def _mismatches(expected: Mapping[str, str], actual: Mapping[str, str]) -> list[str]:
-    return [
-        f"{algorithm}: expected {value}, the copied bytes have {actual[algorithm]}"
-        for algorithm, value in sorted(expected.items())
-        if algorithm in actual and actual[algorithm] != value
-    ]
-
-
-def _as_failure(exc: BaseException) -> TransferFailed:
-    if isinstance(exc, TransferFailed):
-        return exc
-    return TransferFailed(f"{type(exc).__name__}: {exc}")
 
 
 def _describe(transfer: Transfer) -> str:
