@@ -160,6 +160,28 @@ def test_pull_from_nginx(site: Site) -> None:
     assert "tpc-pull disk" in site.server.flush_access_log()
 
 
+def test_copies_are_counted_in_the_metrics(site: Site) -> None:
+    def scrape() -> dict[str, float]:
+        text = curl(site.url("/_geofed/metrics")).stdout
+        wanted = ("geofed_transfers_finished_total", "geofed_copied_bytes_total")
+        values: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(wanted):
+                name_labels, value = line.rsplit(" ", 1)
+                values[name_labels] = float(value)
+        return values
+
+    before = scrape()
+    data = os.urandom(MiB + 7)
+    source, _ = site.remote_file(site.nginx, "counted.bin", data)
+    answer = site.copy("/fed/counted/file.bin", {"Source": source, "Credential": "none"})
+    assert answer.reader.outcome == "success", answer.text
+    after = scrape()
+    ok = 'geofed_transfers_finished_total{result="ok"}'
+    assert after.get(ok, 0) == before.get(ok, 0) + 1
+    assert after["geofed_copied_bytes_total"] >= before.get("geofed_copied_bytes_total", 0) + len(data)
+
+
 def test_markers_report_progress_at_the_interval(site: Site) -> None:
     engine = install_engine(
         site.server, bandwidth_limit=4 * MiB, marker_interval="200ms", chunk_size=256 * 1024

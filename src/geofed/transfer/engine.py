@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
+from geofed import metrics
 from geofed.errors import EndpointError
 from geofed.transfer.job import CLEANUP_TIMEOUT, Job
 from geofed.transfer.model import (
@@ -271,10 +272,13 @@ class TransferEngine:
             try:
                 counters["running"] += 1
                 transfer.state = "running"
+                metrics.transfer_started()
                 transfer.result = await self._copy(transfer, started)
             finally:
                 counters["running"] -= 1
                 self._slots.release()
+                result = transfer.result
+                metrics.transfer_finished(result is not None, result.size if result is not None else 0)
         except asyncio.CancelledError:
             transfer.state = "cancelled"
             transfer.error = transfer._abort_reason or "the transfer was cancelled"
