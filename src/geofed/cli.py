@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -94,6 +95,10 @@ def serve(config: str | None, host: str | None, port: int | None, demo_dir: str,
         uvloop.install()
     except ImportError:
         pass
+    # Until the application has started and installed its reload handler, a SIGHUP (systemctl
+    # reload right after start) must not end the process, as its default action would: it is
+    # ignored then; the configuration being loaded is the one just read.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Bind before anything starts: a port in use is reported at once, with nothing to unwind.
     try:
         sock = socket.create_server((host, port), backlog=1024)

@@ -200,6 +200,19 @@ def serve(config: Config, *args: str, tls: bool = False) -> Iterator[Served]:
     raise AssertionError(f"no free port after 3 attempts:\n{last}")
 
 
+def _answers(served: Served) -> bool:
+    """Whether geofed answers HTTP: the port accepts (it is bound first) before the app runs."""
+    command = ["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2"]
+    done = subprocess.run(
+        [*command, f"{served.scheme}://{LOOPBACK}:{served.port}/_geofed/status"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return done.stdout not in ("", "000")
+
+
 def _wait_ready(served: Served, workers: int) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -207,9 +220,8 @@ def _wait_ready(served: Served, workers: int) -> None:
         if workers > 1:
             if served.log().count(" serving http") >= workers:
                 return
-        else:
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, served.port), timeout=0.5):
-                return
+        elif _answers(served):  # an answer: the app has started, its SIGHUP handler is installed
+            return
         time.sleep(0.05)
     raise AssertionError(f"geofed did not serve within {READY_TIMEOUT_S:.0f} s:\n{served.log()}")
 
@@ -577,3 +589,29 @@ def test_a_reload_picks_up_a_renewed_certificate_and_a_new_crl(tmp_path: Path) -
         served.sighup()
         served.wait_log("refused, the running configuration stays")
         assert _served_certificate(served, pki).serial_number == renewed.cert.serial_number
+
+
+def test_a_sighup_during_start_up_does_not_end_geofed(tmp_path: Path) -> None:
+    """`systemctl reload` right after start: once the port is bound (before the app runs), a
+    SIGHUP is ignored instead of killing the process with the signal's default action."""
+    config = _config(tmp_path)
+    port = free_port()
+    output = tmp_path / "early.out"
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            [*_geofed_argv(), "serve", "--config", str(config.path), "--port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    served = Served(process, port, output, config, "http")
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:  # bound: the SIGHUP disposition is set by now
+            assert process.poll() is None, served.log()
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=0.5):
+                break
+            time.sleep(0.01)
+        served.sighup()
+        _wait_ready(served, workers=1)
+        assert process.poll() is None
+    finally:
+        served.stop()
