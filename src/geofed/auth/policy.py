@@ -298,11 +298,12 @@ class Policy:
 
     def authorize(self, identity: Identity, privilege: Privilege, path: str) -> bool:
         """The decision for a request: a policy rule, or (for a token) a capability of the token
-        covering ``path`` with ``privilege``. A limited proxy never writes unless configured to."""
-        if self.allows(identity, privilege, path):
-            return True
+        covering ``path`` with ``privilege``. A limited proxy never writes unless configured to.
+        (On every request, the warm GET path included: one walk, no further calls when it grants.)"""
         if privilege in WRITE_PRIVILEGES and self._limited(identity):
             return False
+        if self._walk(privilege, identity, path):
+            return True
         return self._token_grants(identity, (privilege,), path)
 
     def may_stat(self, identity: Identity, path: str) -> bool:
