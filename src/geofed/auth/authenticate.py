@@ -92,6 +92,7 @@ class Authenticator:
         self._by_connection: weakref.WeakKeyDictionary[ssl.SSLObject, Identity] = weakref.WeakKeyDictionary()
         self._by_leaf = _LeafCache(entries)
         self._by_header = _LeafCache(entries)
+        self._tls = settings.server.tls is not None
 
     async def close(self) -> None:
         if self.tokens is not None:
@@ -107,7 +108,7 @@ class Authenticator:
             if self.tokens is None or authorization[:7].lower() != _BEARER:
                 return None
             return self.tokens.cached(authorization[7:].strip())
-        transport = request.transport
+        transport = request.transport if self._tls else None  # plain HTTP: no TLS object to ask for
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if ssl_object is not None:
             known = self._by_connection.get(ssl_object)
