@@ -24,3 +24,23 @@ async def capped_chunks(
             response.close()
             raise too_large()
         yield chunk
+
+
+async def window(
+    content: aiohttp.StreamReader, chunk_size: int, skip: int, length: int | None
+) -> AsyncIterator[bytes]:
+    """The body's bytes after the first ``skip`` (a server that ignored ``Range`` sends them),
+    at most ``length`` of them, in chunks of at most ``chunk_size``: ranged reads of every kind."""
+    remaining = length
+    async for chunk in content.iter_chunked(chunk_size):
+        if skip:
+            if len(chunk) <= skip:
+                skip -= len(chunk)
+                continue
+            chunk, skip = chunk[skip:], 0
+        if remaining is not None:
+            if len(chunk) >= remaining:
+                yield chunk[:remaining]
+                return
+            remaining -= len(chunk)
+        yield chunk

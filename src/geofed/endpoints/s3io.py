@@ -20,6 +20,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 
+from geofed.endpoints.httpbody import window
 from geofed.endpoints.s3client import MAX_SMALL_BODY, MiB
 from geofed.endpoints.s3namespace import S3Namespace
 from geofed.endpoints.s3xml import (
@@ -115,18 +116,7 @@ class S3DataIO(S3Namespace):
                 skip = offset  # a server that ignored Range: drop what comes before it
             else:
                 raise await self._error(what, resp)
-            remaining = length
-            async for chunk in resp.content.iter_chunked(READ_CHUNK):
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk, skip = chunk[skip:], 0
-                if remaining is not None:
-                    if len(chunk) >= remaining:
-                        yield chunk[:remaining]
-                        return
-                    remaining -= len(chunk)
+            async for chunk in window(resp.content, READ_CHUNK, skip, length):
                 yield chunk
 
     async def upload(self, path: str, chunks: AsyncIterator[bytes]) -> None:

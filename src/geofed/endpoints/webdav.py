@@ -78,7 +78,7 @@ from geofed.endpoints.davxml import (
     propfind_named_body,
     proppatch_body,
 )
-from geofed.endpoints.httpbody import CHUNK_SIZE, capped_chunks
+from geofed.endpoints.httpbody import CHUNK_SIZE, capped_chunks, window
 from geofed.errors import EndpointError, EndpointRefused, EndpointUnavailable, PathNotFound
 
 logger = logging.getLogger(__name__)
@@ -536,18 +536,7 @@ class WebDAVEndpoint(Endpoint):
                 skip = offset  # the server ignored Range: drop what comes before it
             else:
                 raise self._status_error("GET", path, resp)
-            remaining = length
-            async for chunk in resp.content.iter_chunked(READ_CHUNK):
-                if skip:
-                    if len(chunk) <= skip:
-                        skip -= len(chunk)
-                        continue
-                    chunk, skip = chunk[skip:], 0
-                if remaining is not None:
-                    if len(chunk) >= remaining:
-                        yield chunk[:remaining]
-                        return
-                    remaining -= len(chunk)
+            async for chunk in window(resp.content, READ_CHUNK, skip, length):
                 yield chunk
 
     def _check_range(self, path: str, response: aiohttp.ClientResponse, offset: int) -> None:
